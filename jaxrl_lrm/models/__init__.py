@@ -1,0 +1,24 @@
+"""Decoder-only transformers (Llama 3 / Qwen2 / Qwen3) as config + parameter pytrees."""
+
+from jaxrl_lrm.models.config import PRESETS, ModelConfig, preset
+from jaxrl_lrm.models.model import Model, init, logits, with_value_head
+from jaxrl_lrm.models.transformer import (
+    forward,
+    forward_hidden,
+    init_cache,
+    output_embedding,
+    param_axes,
+    value_head,
+)
+
+__all__ = [
+    "PRESETS", "Model", "ModelConfig", "forward", "forward_hidden", "init", "init_cache",
+    "logits", "output_embedding", "param_axes", "preset", "value_head", "with_value_head",
+]
+
+try:  # the Hugging Face bridge
+    from jaxrl_lrm.models.hf import load_pretrained, save_pretrained  # noqa: F401
+
+    __all__ += ["load_pretrained", "save_pretrained"]
+except ImportError:  # pragma: no cover - hf.py is being written
+    pass
