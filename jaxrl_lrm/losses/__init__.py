@@ -1,0 +1,50 @@
+"""Loss library: pure, jit-able functions on arrays (see docs/losses.md).
+
+`from jaxrl_lrm import losses` gives one flat namespace; the submodules are an implementation
+detail.
+"""
+
+from jaxrl_lrm.losses._masking import aggregate, masked_mean, masked_var, whiten
+from jaxrl_lrm.losses.advantages import (
+    gae,
+    group_advantages,
+    outcome_token_rewards,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    reinforce_pp_returns,
+    rloo_advantages,
+)
+from jaxrl_lrm.losses.kl import AdaptiveKLController, AdaptiveKLState, kl_penalty
+from jaxrl_lrm.losses.logprobs import chunked_token_logprobs, entropy, token_logprobs
+from jaxrl_lrm.losses.policy import (
+    cispo_loss,
+    dpo_loss,
+    policy_loss,
+    truncated_importance_weights,
+    value_loss,
+)
+
+__all__ = [
+    "AdaptiveKLController",
+    "AdaptiveKLState",
+    "aggregate",
+    "chunked_token_logprobs",
+    "cispo_loss",
+    "dpo_loss",
+    "entropy",
+    "gae",
+    "group_advantages",
+    "kl_penalty",
+    "masked_mean",
+    "masked_var",
+    "outcome_token_rewards",
+    "policy_loss",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "reinforce_pp_returns",
+    "rloo_advantages",
+    "token_logprobs",
+    "truncated_importance_weights",
+    "value_loss",
+    "whiten",
+]

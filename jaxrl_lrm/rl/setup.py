@@ -1,0 +1,140 @@
+"""Building a run's pieces from its config: tokenizer, policy, data, reward functions, and the
+correctness check used by evaluation. Host code only; nothing here is jitted."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl_lrm import models
+from jaxrl_lrm.config import Config
+from jaxrl_lrm.data import demo as demo_task
+
+DEMO_TASKS = {"addition": demo_task.AdditionTask}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What the trainer needs of a task: rows, a reward, an answer extractor, SFT pairs."""
+
+    generate: Callable[[int, int], list[dict]]
+    reward_fn: Callable
+    extract: Callable[[str], str | None]
+    sft_examples: Callable[[int, int], list[tuple[str, str]]] | None = None
+    alphabet: str | None = None
+
+
+def resolve_task(name: str, args: dict) -> TaskInfo:
+    """A procedural task by name: the demo's `addition`, or one of `data.tasks.TASKS`."""
+    if name in DEMO_TASKS:
+        task = DEMO_TASKS[name](**args)
+        return TaskInfo(generate=task.generate, reward_fn=demo_task.addition_reward,
+                        extract=lambda s: demo_task.extract(s, task.digits),
+                        sft_examples=task.sft_examples, alphabet=demo_task.ALPHABET)
+    from jaxrl_lrm.data import tasks
+    from jaxrl_lrm.rewards.unsupervised import extract_final_answer
+
+    task = tasks.get_task(name)
+    task_config = task.config(**args)
+    return TaskInfo(generate=lambda n, seed: task.generate(n, seed, task_config),
+                    reward_fn=task.reward, extract=extract_final_answer)
+
+
+# A character set wide enough for the procedural tasks' prompts and answers.
+DEFAULT_ALPHABET = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                    " +-*/=()[]{}<>.,:;!?'\"#%&_^|\\$@~`\n")
+
+
+def build_tokenizer(config: Config, task: TaskInfo | None):
+    from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
+
+    if config.model.path is not None:
+        return load_tokenizer(config.model.path)
+    return CharTokenizer((task.alphabet if task and task.alphabet else DEFAULT_ALPHABET))
+
+
+def build_policy(config: Config, tokenizer, mesh) -> models.Model:
+    """The initial policy: a local HF checkpoint, or a random preset sized to the tokenizer."""
+    dtype = config.model.dtype
+    if config.model.path is not None:
+        model = models.load_pretrained(config.model.path, dtype=dtype, mesh=mesh)
+        if model.tokenizer is None:
+            model = model.replace(tokenizer=tokenizer)
+        return model
+    overrides = dict(config.model.overrides)
+    overrides.setdefault("vocab_size", tokenizer.vocab_size)
+    overrides["dtype"] = dtype
+    model_config = models.preset(config.model.preset, **overrides)
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model.overrides.vocab_size={model_config.vocab_size} is smaller than "
+                         f"the tokenizer's vocabulary ({tokenizer.vocab_size})")
+    return models.init(model_config, jax.random.key(config.seed), mesh=mesh, tokenizer=tokenizer)
+
+
+def frozen_copy(params, dtype: str | None = None):
+    """A copy of `params` (optionally cast) that survives the policy's buffers being donated."""
+    return jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)) if dtype else x.copy(), params)
+
+
+def _import_fn(spec: str) -> Callable:
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"reward fn {spec!r}: expected a registered name or 'module.path:function'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward fn {spec!r} cannot be imported: {e}") from None
+
+
+def registered_rewards() -> dict[str, str]:
+    """Names usable in `rewards.functions` (besides `task` and `module:function`)."""
+    return {
+        "math_accuracy": "jaxrl_lrm.rewards.math:accuracy_reward",
+        "think_format": "jaxrl_lrm.rewards.format:think_format_reward",
+        "answer_tag": "jaxrl_lrm.rewards.format:answer_tag_reward",
+        "unit_tests": "jaxrl_lrm.rewards.code:unit_test_reward",
+        "majority_vote": "jaxrl_lrm.rewards.unsupervised:majority_vote_reward",
+    }
+
+
+def build_rewards(config: Config, task: TaskInfo | None) -> list[tuple[str, Callable, float]]:
+    """`(name, fn, weight)` triples; with no functions configured, the task's own verifier."""
+    specs = config.rewards.functions
+    if not specs:
+        if task is None:
+            raise ValueError("rewards.functions is empty and data.source is not a task: "
+                             "configure at least one reward function")
+        return [("task", task.reward_fn, 1.0)]
+    out = []
+    names = registered_rewards()
+    for spec in specs:
+        if spec.fn == "task":
+            if task is None:
+                raise ValueError("rewards.functions names 'task' but data.source is not 'task'")
+            fn = task.reward_fn
+        elif spec.fn in names:
+            fn = _import_fn(names[spec.fn])
+        elif ":" in spec.fn:
+            fn = _import_fn(spec.fn)
+        else:
+            raise ValueError(f"rewards.functions fn={spec.fn!r}: expected 'task', one of "
+                             f"{sorted(names)}, or 'module.path:function'")
+        if spec.args:
+            fn = _Bound(fn, dict(spec.args))
+        out.append((spec.fn.split(":")[-1], fn, spec.weight))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """A reward function with extra keyword arguments (picklable, unlike a lambda)."""
+
+    fn: Callable
+    kwargs: dict
+
+    def __call__(self, prompts, completions, **columns):
+        return self.fn(prompts, completions, **columns, **self.kwargs)

@@ -1,0 +1,350 @@
+"""The RL loop: where host and device meet.
+
+One step: sample G completions per prompt (jit) -> dispatch reference / old-policy log-probs
+(jit, asynchronous) -> detokenize and score rewards on the host while the device computes them
+-> advantages -> `rl_update` (jit) -> metrics, evaluation, checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_lrm import algorithms, sampling, sharding
+from jaxrl_lrm.checkpoint import Checkpointer
+from jaxrl_lrm.config import Config, save_config
+from jaxrl_lrm.rl import evaluation, setup, steps
+from jaxrl_lrm.rl.logging import MetricsLogger, plot_run
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss or gradient; the last good checkpoint is left untouched."""
+
+
+@dataclasses.dataclass
+class _Preempted:
+    flag: bool = False
+
+
+class Session:
+    """The pieces of one run, built once from the config. Host state only: the jitted
+    functions it holds are pure and take every array they use as an argument."""
+
+    def __init__(self, config: Config, *, mesh=None):
+        self.config = config
+        c = config
+        self.mesh = mesh or sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+        self.task = setup.resolve_task(c.data.task, c.data.task_args) \
+            if c.data.source == "task" else None
+        self.tokenizer = setup.build_tokenizer(c, self.task)
+        self.policy = setup.build_policy(c, self.tokenizer, self.mesh)
+        self.model_config = self.policy.config
+        self.spec = algorithms.resolve(c.algorithm)
+        self.reward_fns = setup.build_rewards(c, self.task)
+        self.train_rows, self.eval_rows = self._sources()
+        self.prompt_len = c.data.max_prompt_len
+        self.max_new = c.sampling.max_new_tokens
+        self.eos_id = self.tokenizer.eos_id
+        self.pad_id = self.tokenizer.pad_id
+        self.base_rng = jax.random.key(c.seed)
+
+    # ----------------------------------------------------------------- data
+    def _sources(self):
+        c = self.config
+        if self.task is not None:
+            return (self.task.generate(max(c.train.prompts_per_step * 64, 1024), c.seed),
+                    self.task.generate(c.data.eval_size, c.seed + 1_000_003))
+        from jaxrl_lrm.data import sources
+
+        return sources.make_source(c.data, "train"), sources.make_source(c.data, "eval")
+
+    def render(self, question: str) -> str:
+        from jaxrl_lrm.data.templates import render_prompt
+
+        template = self.config.data.template
+        if self.task is not None and template == "auto":
+            template = "plain"
+        return render_prompt(question, self.tokenizer, template)
+
+    def encode_prompts(self, rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        texts = [self.render(r["prompt"]) for r in rows]
+        ids = [self.tokenizer.encode(t) for t in texts]
+        for t, i in zip(texts, ids):
+            if len(i) > self.prompt_len:
+                raise ValueError(f"prompt of {len(i)} tokens exceeds data.max_prompt_len="
+                                 f"{self.prompt_len}: {t[:80]!r}")
+        ids_BP, mask_BP = sampling.left_pad(ids, self.pad_id, bucket_sizes=[self.prompt_len])
+        return texts, ids_BP, mask_BP
+
+    def decode(self, tokens_BT: np.ndarray, mask_BT: np.ndarray) -> list[str]:
+        return [self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
+                for row, mrow in zip(tokens_BT, mask_BT)]
+
+    # ----------------------------------------------------------------- device
+    @functools.cached_property
+    def sample_fn(self):
+        def f(params, ids, mask, rng, temperature):
+            return sampling.sample_tokens(
+                params, self.model_config, ids, mask, rng, max_new_tokens=self.max_new,
+                temperature=temperature, top_k=self.config.sampling.top_k if temperature else 0,
+                top_p=self.config.sampling.top_p if temperature else 1.0, eos_id=self.eos_id,
+                pad_id=self.pad_id, mesh=self.mesh if self.mesh.size > 1 else None)
+        return jax.jit(f, static_argnums=4)
+
+    @functools.cached_property
+    def logprob_fn(self):
+        def f(params, tokens_BL, attn_BL):
+            return steps.completion_logprobs(params, self.model_config, tokens_BL, attn_BL,
+                                             self.prompt_len,
+                                             self.config.sampling.temperature)[0]
+        return jax.jit(f)
+
+    def complete(self, params, rows: list[dict], temperature: float, n: int,
+                 rng=None) -> list[str]:
+        """n completions per row (row-major), decoded to text."""
+        _, ids, mask = self.encode_prompts(rows)
+        ids, mask = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)
+        rng = jax.random.key(0) if rng is None else rng
+        batch = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
+        toks, _, m = self.sample_fn(params, batch["ids"], batch["mask"], rng, float(temperature))
+        return self.decode(np.asarray(toks), np.asarray(m))
+
+    def correct(self, rows: list[dict], completions: list[str]) -> list[bool]:
+        """Correctness for evaluation: the first reward function gives >= 0.5."""
+        name, fn, _ = self.reward_fns[0]
+        cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+        scores = fn([r["prompt"] for r in rows], completions, **cols)
+        return [float(s) >= 0.5 for s in scores]
+
+    def extract(self, completion: str):
+        if self.task is not None:
+            return self.task.extract(completion)
+        from jaxrl_lrm.rewards.math import extract_answer
+
+        return extract_answer(completion)
+
+    def evaluate(self, params, rng=None, rows=None) -> tuple[dict, list]:
+        rows = list(self.eval_rows[: self.config.eval.num_prompts]) if rows is None else rows
+        rng = jax.random.fold_in(self.base_rng, 999_983) if rng is None else rng
+        return evaluation.evaluate(
+            rows, complete=lambda rs, t, n: self.complete(params, rs, t, n, rng),
+            correct=self.correct, extract=self.extract, k=self.config.eval.k,
+            temperature=self.config.eval.temperature)
+
+
+def _columns(rows: list[dict], group: int) -> dict:
+    keys = [k for k in rows[0] if k != "prompt"]
+    return {k: [r.get(k) for r in rows for _ in range(group)] for k in keys}
+
+
+def make_train_state(session: Session, params, total_updates: int, lr: float):
+    c = session.config.train
+    optimizer, schedule = steps.make_optimizer(
+        lr=lr, total_updates=total_updates, warmup=c.warmup_steps, schedule=c.lr_schedule,
+        min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay, b1=c.b1, b2=c.b2,
+        max_grad_norm=c.max_grad_norm)
+    opt_state = jax.jit(optimizer.init)(params)
+    state = steps.TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+    return state, optimizer, schedule
+
+
+def rl_step_batch(session: Session, state: steps.TrainState, ref_params, rows: list[dict],
+                  step: int, executor, need_old: bool):
+    """Sampling, rewards and the update inputs of one RL step (everything before the update)."""
+    c, spec, G = session.config, session.spec, session.spec.group_size
+    timings = {}
+    t0 = time.monotonic()
+    texts, ids_BP, mask_BP = session.encode_prompts(rows)
+    ids_NP, mask_NP = np.repeat(ids_BP, G, axis=0), np.repeat(mask_BP, G, axis=0)
+    rng = jax.random.fold_in(session.base_rng, step)
+    inp = sharding.shard_batch({"ids": ids_NP, "mask": mask_NP}, session.mesh)
+    toks, slogp, smask = session.sample_fn(state.params, inp["ids"], inp["mask"], rng,
+                                           float(c.sampling.temperature))
+    toks_h, smask_h = np.asarray(toks), np.asarray(smask)
+    timings["time/sample_s"] = time.monotonic() - t0
+    tokens_BL = np.concatenate([ids_NP, toks_h], axis=1)
+    attn_BL = np.concatenate([mask_NP, smask_h], axis=1)
+    dev = sharding.shard_batch({"tokens_BL": tokens_BL, "attn_BL": attn_BL}, session.mesh)
+    # Dispatched now, computed on the device while the host scores rewards below.
+    ref_logp = session.logprob_fn(ref_params, dev["tokens_BL"], dev["attn_BL"]) \
+        if ref_params is not None else None
+    old_logp = session.logprob_fn(state.params, dev["tokens_BL"], dev["attn_BL"]) \
+        if need_old else None
+    t1 = time.monotonic()
+    completions = session.decode(toks_h, smask_h)
+    cols = _columns(rows, G)
+    cols["group_size"] = [G] * len(completions)
+    cols["completion_lengths"] = [int(m.sum()) for m in smask_h]
+    total, per_fn, rstats = executor.score([t for t in texts for _ in range(G)], completions, cols)
+    timings["time/reward_s"] = time.monotonic() - t1
+    mask_BT = jnp.asarray(smask_h, jnp.float32)
+    rewards = jnp.asarray(total)
+    kl_BT = None
+    if spec.kl_in_reward and ref_params is not None:
+        base = old_logp if old_logp is not None else session.logprob_fn(
+            state.params, dev["tokens_BL"], dev["attn_BL"])
+        kl_BT = base - ref_logp
+    adv = algorithms.advantages(spec, rewards, mask_BT, kl_BT=kl_BT)
+    zeros = jnp.zeros_like(mask_BT)
+    batch = {**dev, "mask_BT": mask_BT, "adv": adv,
+             "old_logp_BT": old_logp, "sampler_logp_BT": slogp,
+             "ref_logp_BT": ref_logp if ref_logp is not None else zeros}
+    lengths = smask_h.sum(axis=1)
+    metrics = {"reward/mean": float(np.mean(total)), "reward/std": float(np.std(total)),
+               "response_length/mean": float(lengths.mean()),
+               "response_length/max": float(lengths.max()),
+               "groups/zero_variance_frac": float(
+                   algorithms.zero_variance_group_frac(rewards, G)),
+               **{f"reward/{k}": float(np.mean(v)) for k, v in per_fn.items()},
+               **{f"reward_{k}": float(v) for k, v in rstats.items() if k != "time_s"},
+               **timings}
+    samples = list(zip(texts[:2], completions[: 2 * G: G], np.asarray(total)[: 2 * G: G]))
+    return sharding.shard_batch(batch, session.mesh), metrics, samples
+
+
+def _finite(metrics: dict) -> bool:
+    return all(math.isfinite(float(v)) for v in metrics.values())
+
+
+@dataclasses.dataclass
+class RunResult:
+    metrics: dict  # the last step's metrics
+    params: object  # the final policy parameters
+    session: Session
+    history: list  # every logged step's metrics
+
+
+def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
+          max_steps_this_run: int | None = None, quiet: bool = False,
+          session: Session | None = None, init_params=None) -> RunResult:
+    """Runs (or resumes) RL training into `run_dir`.
+
+    Args:
+      config: the run's config.
+      run_dir: overrides `config.run_dir`.
+      mesh: overrides the mesh built from `config.mesh`.
+      max_steps_this_run: stop after this many steps (a later call resumes).
+      quiet: no files in run_dir but checkpoints, no progress output.
+      session: reuse an already built session (the demo runs several stages on one).
+      init_params: initial policy (and reference) parameters instead of the session's.
+    """
+    run_dir = Path(run_dir or config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    session = session or Session(config, mesh=mesh)
+    if init_params is not None:
+        session.policy = session.policy.replace(params=init_params)
+    c, spec = config, session.spec
+    is_main = jax.process_index() == 0
+    if is_main:
+        save_config(config, run_dir / "config.yaml")
+    from jaxrl_lrm.data.iterator import PromptIterator
+    from jaxrl_lrm.rewards.executor import RewardExecutor
+
+    iterator = PromptIterator(session.train_rows, c.train.prompts_per_step, c.seed,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+    updates_per_step = c.train.ppo_epochs * c.train.minibatches
+    # The state owns a copy: its buffers are donated to each update, while the session's
+    # initial parameters stay valid as the reference model.
+    state, optimizer, schedule = make_train_state(session, setup.frozen_copy(session.policy.params),
+                                                  c.train.steps * updates_per_step, c.train.lr)
+    # The reference is the initial policy, rebuilt identically on resume (same seed or path).
+    ref_params = None
+    if spec.beta > 0:
+        ref_params = session.policy.params if c.model.ref_dtype in (None, c.model.dtype) \
+            else setup.frozen_copy(session.policy.params, c.model.ref_dtype)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=c.train.max_to_keep)
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        target = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+        restored, meta, start_step = ckpt.restore(target)
+        state = steps.TrainState(**restored)
+        iterator.restore(meta["data"])
+        log.info("resumed from step %d in %s", start_step, ckpt.directory)
+    logger = MetricsLogger(run_dir, total_steps=c.train.steps, enabled=is_main and not quiet,
+                           resume_step=start_step)
+    update_fn = jax.jit(functools.partial(
+        steps.rl_update, config=session.model_config, spec=spec, optimizer=optimizer,
+        epochs=c.train.ppo_epochs, minibatches=c.train.minibatches,
+        micro_batches=c.train.micro_batches, prompt_len=session.prompt_len,
+        temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens),
+        donate_argnums=0)
+    preempted = _Preempted()
+    old_handler = _install_sigterm(preempted)
+    executor = RewardExecutor(session.reward_fns, num_workers=c.rewards.num_workers,
+                              timeout_s=c.rewards.timeout_s)
+    need_old = updates_per_step > 1 or spec.tis_max is not None
+    end_step = c.train.steps if max_steps_this_run is None else \
+        min(c.train.steps, start_step + max_steps_this_run)
+    metrics: dict = {}
+    history: list = []
+    try:
+        for step in range(start_step, end_step):
+            t0 = time.monotonic()
+            rows = iterator.next_batch()
+            batch, metrics, _ = rl_step_batch(session, state, ref_params, rows, step, executor,
+                                              need_old)
+            t1 = time.monotonic()
+            new_state, dev_metrics = update_fn(state, batch)
+            dev_metrics = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+            if not _finite(dev_metrics):
+                bad = {k: v for k, v in dev_metrics.items() if not math.isfinite(v)}
+                raise TrainingDivergedError(
+                    f"non-finite values at step {step + 1}: {bad}; stopping. The last good "
+                    f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is untouched.")
+            state = new_state
+            metrics.update(dev_metrics)
+            metrics["time/update_s"] = time.monotonic() - t1
+            metrics["lr"] = float(schedule(int(step * updates_per_step)))
+            metrics["time/step_s"] = time.monotonic() - t0
+            metrics["tokens_per_s"] = (metrics["response_length/mean"] * len(rows) *
+                                       spec.group_size / metrics["time/step_s"])
+            done = step + 1
+            if c.train.eval_every and done % c.train.eval_every == 0:
+                metrics.update(session.evaluate(state.params)[0])
+            history.append({"step": done, **metrics})
+            logger.log(done, metrics)
+            logger.progress(done, metrics, end_step - start_step, done - start_step)
+            last = done == c.train.steps
+            if preempted.flag or last or (c.train.checkpoint_every
+                                          and done % c.train.checkpoint_every == 0):
+                _save(ckpt, state, iterator, done, c.seed)
+            if preempted.flag:
+                log.warning("SIGTERM: saved step %d, exiting", done)
+                break
+    finally:
+        ckpt.close()
+        executor.close()
+        logger.close()
+        signal.signal(signal.SIGTERM, old_handler) if old_handler is not None else None
+    if is_main and not quiet:
+        plot_run(run_dir)
+    return RunResult(metrics=metrics, params=state.params, session=session, history=history)
+
+
+def _save(ckpt: Checkpointer, state: steps.TrainState, iterator, step: int, seed: int) -> None:
+    ckpt.save(step, {"params": state.params, "opt_state": state.opt_state, "step": state.step},
+              {"step": step, "data": iterator.state(), "seed": seed})
+
+
+def _install_sigterm(flag: _Preempted):
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        flag.flag = True
+
+    return signal.signal(signal.SIGTERM, handler)
