@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 ALGORITHMS = ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo")
+STAGES = ("rl", "sft", "dpo", "reward_model")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
@@ -56,6 +57,9 @@ class DataSection:
     eval_split: str | None = None
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    completion_field: str = "completion"  # SFT targets
+    chosen_field: str = "chosen"  # DPO / reward-model preference pairs
+    rejected_field: str = "rejected"
     template: str = "auto"  # auto | chat | r1 | plain
     max_prompt_len: int = 64
     eval_size: int = 128
@@ -216,9 +220,12 @@ class Config:
     rewards: RewardsSection = dataclasses.field(default_factory=RewardsSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     sft: SFTSection = dataclasses.field(default_factory=SFTSection)
+    stage: str = "rl"  # rl | sft | dpo | reward_model: what `jaxrl-lrm train` runs
     demo: bool = False  # run the SFT / control / RL comparison and write demo_summary.json
 
     def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage={self.stage!r}: expected one of {STAGES}")
         if self.algorithm.group_size < 2 and self.algorithm.name != "ppo":
             raise ConfigError(f"algorithm.group_size={self.algorithm.group_size!r}: expected >= 2 "
                               f"for {self.algorithm.name!r} (a group baseline needs 2 samples)")

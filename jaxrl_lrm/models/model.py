@@ -42,8 +42,8 @@ def init(config: ModelConfig | str, rng: jax.Array | int = 0, *, value_head: boo
         config = preset(config)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    if mesh is None:
-        params = transformer.init_params(config, rng, value_head=value_head)
+    if mesh is None:  # jitted: one compiled program instead of hundreds of eager ops
+        params = jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head))(rng)
     else:
         from jaxrl_lrm import sharding
 

@@ -1,0 +1,146 @@
+"""The `jaxrl-lrm` command: train | eval | export | demo.
+
+    jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR]
+    jaxrl-lrm eval CONFIG.yaml --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
+    jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR
+    jaxrl-lrm demo [--run-dir DIR]
+
+Several hosts: every process runs the same command with `--coordinator-address HOST:PORT
+--num-processes N --process-id I` (on a TPU pod, `--distributed` alone initialises from the
+environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator-address", help="HOST:PORT of process 0 (multi-host runs)")
+    p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
+    p.add_argument("--process-id", type=int, help="this process's index")
+    p.add_argument("--distributed", action="store_true",
+                   help="initialise jax.distributed from the environment (TPU pods)")
+
+
+def _init_distributed(args) -> None:
+    flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(f is not None for f in flags) or args.distributed:
+        from jaxrl_lrm import sharding
+
+        sharding.initialize_distributed(*flags)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxrl-lrm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) from a YAML config")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    t.add_argument("--run-dir", help="overrides run_dir")
+    _add_distributed(t)
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the config's held-out split")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--checkpoint", required=True, help="a run directory or its checkpoints/")
+    e.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    e.add_argument("--out", help="write the metrics JSON here (default: next to the run)")
+    _add_distributed(e)
+    x = sub.add_parser("export", help="write a Hugging Face checkpoint from a run")
+    x.add_argument("checkpoint", help="a run directory or its checkpoints/")
+    x.add_argument("out_dir")
+    x.add_argument("--step", type=int)
+    d = sub.add_parser("demo", help="the offline demo: SFT on imperfect data, then GRPO")
+    d.add_argument("--run-dir", default=None)
+    d.add_argument("overrides", nargs="*")
+    return p
+
+
+def _run_dir_of(path: str) -> Path:
+    path = Path(path)
+    if path.name == "checkpoints":
+        path = path.parent
+    if not (path / "config.yaml").is_file():
+        raise ValueError(f"{str(path)!r} is not a run directory (no config.yaml in it); "
+                         "expected the run_dir of a `jaxrl-lrm train` run")
+    return path
+
+
+def restore_policy(run_dir: Path, step: int | None, overrides=()):
+    """The session and policy parameters of a run directory's checkpoint."""
+    from jaxrl_lrm import checkpoint
+    from jaxrl_lrm.config import load_config
+    from jaxrl_lrm.rl import trainer
+
+    config = load_config(run_dir / "config.yaml", list(overrides))
+    session = trainer.Session(config)
+    state, _, _ = trainer.make_train_state(session, session.policy.params, 1, 1e-3)
+    target = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    restored, step = checkpoint.restore_state_only(run_dir / "checkpoints", target, step)
+    return config, session, restored["params"], step
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax"):  # orbax logs every save phase at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from jaxrl_lrm.config import ConfigError, load_config
+
+    try:
+        if args.command == "train":
+            _init_distributed(args)
+            overrides = list(args.overrides)
+            if args.run_dir:
+                overrides.append(f"run_dir={args.run_dir}")
+            config = load_config(args.config, overrides)
+            if config.demo:
+                from jaxrl_lrm.rl.demo import run_demo
+
+                run_demo(config)
+            else:
+                from jaxrl_lrm.rl import stages
+
+                stages.run(config)
+        elif args.command == "demo":
+            overrides = list(args.overrides)
+            if args.run_dir:
+                overrides.append(f"run_dir={args.run_dir}")
+            from jaxrl_lrm.rl.demo import run_demo
+
+            run_demo(load_config(DEMO_CONFIG, overrides))
+        elif args.command == "eval":
+            _init_distributed(args)
+            run_dir = _run_dir_of(args.checkpoint)
+            config, session, params, step = restore_policy(run_dir, args.step, args.overrides)
+            del config
+            metrics, samples = session.evaluate(params)
+            metrics["step"] = step
+            print(json.dumps(metrics, indent=2))
+            for prompt, completion, ok in samples[:4]:
+                print(f"{prompt!r} -> {completion!r} {'ok' if ok else 'wrong'}")
+            out = Path(args.out) if args.out else run_dir / f"eval_step{step}.json"
+            out.write_text(json.dumps(metrics, indent=2))
+        elif args.command == "export":
+            from jaxrl_lrm import models
+
+            run_dir = _run_dir_of(args.checkpoint)
+            _, session, params, step = restore_policy(run_dir, args.step)
+            model = session.policy.replace(params=params)
+            models.save_pretrained(model, args.out_dir)
+            print(f"exported step {step} of {run_dir} to {args.out_dir}")
+    except (ConfigError, ValueError) as e:
+        print(f"jaxrl-lrm: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
