@@ -64,6 +64,8 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *,
     if len(free) > 1:
         raise ValueError(f"mesh axes {free} are all -1: at most one axis may take the rest")
     fixed = math.prod(v for v in sizes.values() if v != -1)
+    if not free and fixed < n:  # a smaller mesh than the machine: take the first devices
+        devices, n = devices[:fixed], fixed
     if free:
         if n % fixed:
             raise ValueError(f"{n} devices cannot be split by the fixed mesh axes {sizes}")
@@ -147,14 +149,58 @@ def batch_spec_for(shape: Sequence[int], mesh: Mesh, rules: dict | None = None) 
 
 
 def shard_batch(batch, mesh: Mesh, rules: dict | None = None):
-    """Places every array of a batch pytree with its leading axis over (data, fsdp)."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_spec_for(np.shape(x), mesh, rules))
-                        if np.ndim(x) else jax.device_put(x, replicated(mesh)), batch)
+    """Places a batch pytree on the mesh, leading (row) axis over (data, fsdp).
+
+    Host arrays are this process's rows: with one process they are the whole batch; with
+    several, the global batch concatenates every process's rows in process order
+    (`jax.make_array_from_process_local_data`). Arrays that are already global (not fully
+    addressable: outputs of jitted functions on a multi-host mesh) are passed through.
+    """
+    nproc = jax.process_count()
+
+    def place(x):
+        if x is None:
+            return None
+        if np.ndim(x) == 0:
+            return jax.device_put(x, replicated(mesh))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        if nproc == 1:
+            return jax.device_put(x, batch_spec_for(np.shape(x), mesh, rules))
+        local = np.asarray(x)
+        global_shape = (local.shape[0] * nproc, *local.shape[1:])
+        return jax.make_array_from_process_local_data(
+            batch_spec_for(global_shape, mesh, rules), local, global_shape)
+
+    return jax.tree.map(place, batch)
+
+
+def host_rows(x) -> np.ndarray:
+    """This process's rows of a batch array, as NumPy (the inverse of `shard_batch`)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.global_array_to_host_local_array(
+        x, x.sharding.mesh, x.sharding.spec))
 
 
 def cache_sharding(cache_shape: Sequence[int], mesh: Mesh, rules: dict | None = None):
     """Sharding of one `[L, B, S, K, H]` KV-cache array."""
     return NamedSharding(mesh, logical_to_spec(CACHE_AXES, cache_shape, mesh, rules))
+
+
+def on_mesh(tree, mesh: Mesh):
+    """Every leaf that is not already laid out on `mesh` (scalars such as step counters,
+    freshly created on one device) placed replicated on it, so that jitted functions see the
+    same input shardings on every call and compile once."""
+    def place(x):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding) and s.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated(mesh))
+
+    return jax.tree.map(place, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

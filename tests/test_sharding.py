@@ -86,8 +86,13 @@ def test_make_mesh_sizes():
         sharding.make_mesh(tensor=-2)
     with pytest.raises(ValueError, match="all -1"):
         sharding.make_mesh(data=-1, fsdp=-1)
-    with pytest.raises(ValueError, match="needs 4 devices, have 8"):
-        sharding.make_mesh(data=2, fsdp=2, tensor=1)
+    # A fully fixed mesh smaller than the machine takes the first devices...
+    small = sharding.make_mesh(data=2, fsdp=2, tensor=1)
+    assert small.devices.size == 4
+    assert list(small.devices.flat) == jax.devices()[:4]
+    # ...and one larger than the machine is refused.
+    with pytest.raises(ValueError, match="needs 16 devices, have 8"):
+        sharding.make_mesh(data=4, fsdp=4, tensor=1)
 
 
 def test_shard_batch(mesh):

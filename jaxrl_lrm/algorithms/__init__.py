@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrl_lrm import losses
 
@@ -108,7 +109,7 @@ def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array,
     raise ValueError(f"advantage={spec.advantage!r}: expected group, rloo, reinforce_pp or gae")
 
 
-def zero_variance_group_frac(rewards_B, group_size: int) -> jax.Array:
-    """Fraction of groups whose rewards all agree (they carry no learning signal)."""
-    g = jnp.reshape(rewards_B, (-1, group_size))
-    return jnp.mean(jnp.all(g == g[:, :1], axis=1).astype(jnp.float32))
+def zero_variance_group_frac(rewards_B, group_size: int) -> float:
+    """Fraction of groups whose rewards all agree (they carry no learning signal). Host-side."""
+    g = np.reshape(np.asarray(rewards_B), (-1, group_size))
+    return float(np.mean(np.all(g == g[:, :1], axis=1)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -42,15 +43,21 @@ def init(config: ModelConfig | str, rng: jax.Array | int = 0, *, value_head: boo
         config = preset(config)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    if mesh is None:  # jitted: one compiled program instead of hundreds of eager ops
-        params = jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head))(rng)
-    else:
+    params = _init_fn(config, value_head, mesh)(rng)
+    return Model(config=config, params=params, tokenizer=tokenizer)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(config: ModelConfig, value_head: bool, mesh):
+    """The jitted initialiser for one config (compiled once per process, not once per call);
+    with a mesh, parameters are created already sharded, never whole on one device."""
+    shardings = None
+    if mesh is not None:
         from jaxrl_lrm import sharding
 
         shardings = sharding.param_shardings(config, mesh, value_head=value_head)
-        params = jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head),
-                         out_shardings=shardings)(rng)
-    return Model(config=config, params=params, tokenizer=tokenizer)
+    return jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head),
+                   out_shardings=shardings)
 
 
 def with_value_head(model: Model, rng: jax.Array | int = 0) -> Model:

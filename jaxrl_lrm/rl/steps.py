@@ -14,6 +14,7 @@ A batch is a dict of arrays whose leading axis is the row (B = prompts x group s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -34,10 +35,14 @@ class TrainState:
     step: jax.Array  # RL (or SFT) steps taken
 
 
+@functools.lru_cache(maxsize=32)
 def make_optimizer(*, lr: float, total_updates: int, warmup: int = 0, schedule: str = "cosine",
                    min_lr_ratio: float = 0.1, weight_decay: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, max_grad_norm: float | None = 1.0):
-    """AdamW with linear warm-up then cosine decay (or constant), after global-norm clipping."""
+    """AdamW with linear warm-up then cosine decay (or constant), after global-norm clipping.
+
+    Cached: the same hyperparameters give the same optimizer object, so jitted updates that take
+    it as a static argument are compiled once per process, not once per run."""
     total_updates = max(total_updates, warmup + 1)
     if schedule == "cosine":
         sched = optax.warmup_cosine_decay_schedule(
@@ -121,7 +126,7 @@ def accumulate_update(state: TrainState, optimizer, loss_fn, batch: dict, micro_
     grads, metrics = jax.lax.scan(micro, zeros, _split(batch, micro_batches))
     grads = jax.tree.map(lambda g: g / micro_batches, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return dataclasses.replace(state, params=params, opt_state=opt_state), metrics
@@ -166,3 +171,19 @@ def sft_update(state: TrainState, batch: dict, *, config: ModelConfig, optimizer
     state, metrics = accumulate_update(state, optimizer, lambda p, b: sft_loss(p, config, b),
                                        batch, 1)
     return dataclasses.replace(state, step=state.step + 1), metrics
+
+
+_JITTED: dict = {}
+
+
+def jitted(fn, *, static_argnames: tuple[str, ...], donate_argnums=()):
+    """`jax.jit(fn)` created once per function object, so repeated runs in one process (tests,
+    the demo's stages) reuse compiled programs instead of recompiling identical ones."""
+    key = (fn, static_argnames, donate_argnums)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(fn, static_argnames=static_argnames, donate_argnums=donate_argnums)
+    return _JITTED[key]
+
+
+UPDATE_STATIC = ("config", "spec", "optimizer", "epochs", "minibatches", "micro_batches",
+                 "prompt_len", "temperature", "max_len")

@@ -92,23 +92,24 @@ class Session:
                 for row, mrow in zip(tokens_BT, mask_BT)]
 
     # ----------------------------------------------------------------- device
-    @functools.cached_property
+    @property
     def sample_fn(self):
-        def f(params, ids, mask, rng, temperature):
-            return sampling.sample_tokens(
-                params, self.model_config, ids, mask, rng, max_new_tokens=self.max_new,
-                temperature=temperature, top_k=self.config.sampling.top_k if temperature else 0,
-                top_p=self.config.sampling.top_p if temperature else 1.0, eos_id=self.eos_id,
-                pad_id=self.pad_id, mesh=self.mesh if self.mesh.size > 1 else None)
-        return jax.jit(f, static_argnums=4)
+        """`(params, ids, mask, rng, temperature) -> (tokens, logprobs, mask)`, jitted once per
+        process for this model and sampling shape."""
+        sc = self.config.sampling
+        fn = steps.jitted(_sample, static_argnames=_SAMPLE_STATIC)
+        return functools.partial(fn, config=self.model_config, max_new_tokens=self.max_new,
+                                 top_k=sc.top_k, top_p=sc.top_p, eos_id=self.eos_id,
+                                 pad_id=self.pad_id,
+                                 mesh=self.mesh if self.mesh.size > 1 else None)
 
-    @functools.cached_property
+    @property
     def logprob_fn(self):
-        def f(params, tokens_BL, attn_BL):
-            return steps.completion_logprobs(params, self.model_config, tokens_BL, attn_BL,
-                                             self.prompt_len,
-                                             self.config.sampling.temperature)[0]
-        return jax.jit(f)
+        """`(params, tokens_BL, attn_BL) -> logp_BT` of the completion tokens, jitted."""
+        fn = steps.jitted(_completion_logp, static_argnames=("config", "prompt_len",
+                                                             "temperature"))
+        return functools.partial(fn, config=self.model_config, prompt_len=self.prompt_len,
+                                 temperature=self.config.sampling.temperature)
 
     def complete(self, params, rows: list[dict], temperature: float, n: int,
                  rng=None) -> list[str]:
@@ -118,7 +119,7 @@ class Session:
         rng = jax.random.key(0) if rng is None else rng
         batch = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
         toks, _, m = self.sample_fn(params, batch["ids"], batch["mask"], rng, float(temperature))
-        return self.decode(np.asarray(toks), np.asarray(m))
+        return self.decode(sharding.host_rows(toks), sharding.host_rows(m))
 
     def correct(self, rows: list[dict], completions: list[str]) -> list[bool]:
         """Correctness for evaluation: the first reward function gives >= 0.5."""
@@ -143,6 +144,29 @@ class Session:
             temperature=self.config.eval.temperature)
 
 
+_SAMPLE_STATIC = ("config", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id",
+                  "pad_id", "mesh")
+
+
+def _sample(params, ids, mask, rng, temperature, *, config, max_new_tokens, top_k, top_p,
+            eos_id, pad_id, mesh):
+    greedy = temperature == 0.0
+    return sampling.sample_tokens(params, config, ids, mask, rng, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=0 if greedy else top_k,
+                                  top_p=1.0 if greedy else top_p, eos_id=eos_id, pad_id=pad_id,
+                                  mesh=mesh)
+
+
+def _completion_logp(params, tokens_BL, attn_BL, *, config, prompt_len, temperature):
+    return steps.completion_logprobs(params, config, tokens_BL, attn_BL, prompt_len,
+                                     temperature)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _advantages(spec, rewards_B, mask_BT, kl_BT):
+    return algorithms.advantages(spec, rewards_B, mask_BT, kl_BT=kl_BT)
+
+
 def _columns(rows: list[dict], group: int) -> dict:
     keys = [k for k in rows[0] if k != "prompt"]
     return {k: [r.get(k) for r in rows for _ in range(group)] for k in keys}
@@ -156,6 +180,7 @@ def make_train_state(session: Session, params, total_updates: int, lr: float):
         max_grad_norm=c.max_grad_norm)
     opt_state = jax.jit(optimizer.init)(params)
     state = steps.TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+    state = sharding.on_mesh(state, session.mesh)
     return state, optimizer, schedule
 
 
@@ -171,7 +196,7 @@ def rl_step_batch(session: Session, state: steps.TrainState, ref_params, rows: l
     inp = sharding.shard_batch({"ids": ids_NP, "mask": mask_NP}, session.mesh)
     toks, slogp, smask = session.sample_fn(state.params, inp["ids"], inp["mask"], rng,
                                            float(c.sampling.temperature))
-    toks_h, smask_h = np.asarray(toks), np.asarray(smask)
+    toks_h, smask_h = sharding.host_rows(toks), sharding.host_rows(smask)
     timings["time/sample_s"] = time.monotonic() - t0
     tokens_BL = np.concatenate([ids_NP, toks_h], axis=1)
     attn_BL = np.concatenate([mask_NP, smask_h], axis=1)
@@ -188,24 +213,24 @@ def rl_step_batch(session: Session, state: steps.TrainState, ref_params, rows: l
     cols["completion_lengths"] = [int(m.sum()) for m in smask_h]
     total, per_fn, rstats = executor.score([t for t in texts for _ in range(G)], completions, cols)
     timings["time/reward_s"] = time.monotonic() - t1
-    mask_BT = jnp.asarray(smask_h, jnp.float32)
-    rewards = jnp.asarray(total)
+    mask_BT = smask_h.astype(np.float32)
     kl_BT = None
     if spec.kl_in_reward and ref_params is not None:
         base = old_logp if old_logp is not None else session.logprob_fn(
             state.params, dev["tokens_BL"], dev["attn_BL"])
-        kl_BT = base - ref_logp
-    adv = algorithms.advantages(spec, rewards, mask_BT, kl_BT=kl_BT)
-    zeros = jnp.zeros_like(mask_BT)
-    batch = {**dev, "mask_BT": mask_BT, "adv": adv,
-             "old_logp_BT": old_logp, "sampler_logp_BT": slogp,
-             "ref_logp_BT": ref_logp if ref_logp is not None else zeros}
+        kl_BT = sharding.host_rows(base) - sharding.host_rows(ref_logp)
+    # Advantages from this host's rows: whole groups live on one host, so group baselines are
+    # exact; batch-level whitening (REINFORCE++, PPO) is per host on multi-host runs.
+    adv = np.asarray(_advantages(spec, total, mask_BT, kl_BT))
+    batch = {**dev, "mask_BT": mask_BT, "adv": adv, "old_logp_BT": old_logp,
+             "sampler_logp_BT": slogp,
+             "ref_logp_BT": ref_logp if ref_logp is not None else np.zeros_like(mask_BT)}
     lengths = smask_h.sum(axis=1)
     metrics = {"reward/mean": float(np.mean(total)), "reward/std": float(np.std(total)),
                "response_length/mean": float(lengths.mean()),
                "response_length/max": float(lengths.max()),
                "groups/zero_variance_frac": float(
-                   algorithms.zero_variance_group_frac(rewards, G)),
+                   algorithms.zero_variance_group_frac(total, G)),
                **{f"reward/{k}": float(np.mean(v)) for k, v in per_fn.items()},
                **{f"reward_{k}": float(v) for k, v in rstats.items() if k != "time_s"},
                **timings}
@@ -274,12 +299,12 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
         log.info("resumed from step %d in %s", start_step, ckpt.directory)
     logger = MetricsLogger(run_dir, total_steps=c.train.steps, enabled=is_main and not quiet,
                            resume_step=start_step)
-    update_fn = jax.jit(functools.partial(
-        steps.rl_update, config=session.model_config, spec=spec, optimizer=optimizer,
+    update_fn = functools.partial(
+        steps.jitted(steps.rl_update, static_argnames=steps.UPDATE_STATIC, donate_argnums=0),
+        config=session.model_config, spec=spec, optimizer=optimizer,
         epochs=c.train.ppo_epochs, minibatches=c.train.minibatches,
         micro_batches=c.train.micro_batches, prompt_len=session.prompt_len,
-        temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens),
-        donate_argnums=0)
+        temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens)
     preempted = _Preempted()
     old_handler = _install_sigterm(preempted)
     executor = RewardExecutor(session.reward_fns, num_workers=c.rewards.num_workers,

@@ -1,0 +1,213 @@
+"""Reward-model training (`stage: reward_model`): a backbone with a scalar head trained on
+preference pairs with the Bradley-Terry loss (Ouyang et al. 2022, arXiv:2203.02155):
+
+    r(x, y) = value_head(hidden state at the last real token of prompt + completion + EOS)
+    loss = -log_sigmoid(r(x, y_chosen) - r(x, y_rejected))
+
+Saving and loading: Hugging Face `*ForCausalLM` checkpoints have no place for the head, so
+`save_reward_model` writes the backbone with `models.save_pretrained` and the head as
+`value_head.safetensors` (`w [D]`, `b []`) beside it; `load_reward_model` reads both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_lrm import models, sharding
+from jaxrl_lrm.config import Config
+from jaxrl_lrm.models import transformer
+from jaxrl_lrm.rl import dpo, stages
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def last_token_index(attn_BL) -> jax.Array:
+    """`[B]` index of the last position with `attn_BL == 1` (0 for an all-zero row)."""
+    L = attn_BL.shape[1]
+    return jnp.max(jnp.where(attn_BL.astype(bool), jnp.arange(L)[None, :], 0), axis=1)
+
+
+def sequence_rewards(params, model_config, tokens_BL, attn_BL) -> jax.Array:
+    """`[B]` float32 scalar rewards: the value head at each row's last real token."""
+    hidden_BLD, _ = transformer.forward_hidden(params, model_config, tokens_BL, kv_mask_BS=attn_BL)
+    idx_B = last_token_index(attn_BL)
+    hidden_BD = jnp.take_along_axis(hidden_BLD, idx_B[:, None, None], axis=1)[:, 0]
+    return transformer.value_head(params, hidden_BD)
+
+
+def pair_rewards(params, model_config, batch: dict):
+    """`(r_chosen[B], r_rejected[B])` in one forward pass (batch as `dpo.encode_preferences`)."""
+    tokens = jnp.concatenate([batch["tokens_BL_c"], batch["tokens_BL_r"]])
+    attn = jnp.concatenate([batch["attn_BL_c"], batch["attn_BL_r"]])
+    r = sequence_rewards(params, model_config, tokens, attn)
+    n = batch["tokens_BL_c"].shape[0]
+    return r[:n], r[n:]
+
+
+def bradley_terry_loss(r_chosen, r_rejected) -> jax.Array:
+    """`[B]`: `-log_sigmoid(r_chosen - r_rejected)`."""
+    return -jax.nn.log_sigmoid(jnp.asarray(r_chosen, jnp.float32) -
+                               jnp.asarray(r_rejected, jnp.float32))
+
+
+def rm_terms(params, model_config, batch: dict) -> dict:
+    """Per-pair `loss`, `r_chosen`, `r_rejected`, all `[B]`."""
+    rc, rr = pair_rewards(params, model_config, batch)
+    return {"loss": bradley_terry_loss(rc, rr), "r_chosen": rc, "r_rejected": rr}
+
+
+def rm_batch_loss(params, model_config, batch: dict):
+    """`(mean Bradley-Terry loss, metrics)`: `rm/loss`, `rm/accuracy` (share of pairs with
+    `r_chosen > r_rejected`), `rm/margin`, `rm/chosen_reward`, `rm/rejected_reward`."""
+    t = rm_terms(params, model_config, batch)
+    loss = jnp.mean(t["loss"])
+    margin = t["r_chosen"] - t["r_rejected"]
+    return loss, {"rm/loss": loss, "rm/accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
+                  "rm/margin": jnp.mean(margin), "rm/chosen_reward": jnp.mean(t["r_chosen"]),
+                  "rm/rejected_reward": jnp.mean(t["r_rejected"])}
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_reward_model(model: models.Model, path: str | Path) -> None:
+    """Writes the backbone as a Hugging Face checkpoint and the head as `value_head.safetensors`."""
+    from safetensors.numpy import save_file
+
+    if not model.has_value_head:
+        raise ValueError("model has no value_head: expected a reward model "
+                         "(models.with_value_head or load_reward_model)")
+    head = model.params["value_head"]
+    backbone = {k: v for k, v in model.params.items() if k != "value_head"}
+    path = Path(path)
+    models.save_pretrained(model.replace(params=backbone), path)
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        # A single-file checkpoint gets an index anyway, so readers that would otherwise take
+        # every *.safetensors in the directory (models.load_pretrained) skip the head's file;
+        # transformers still reads model.safetensors directly.
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="np") as f:
+            names = list(f.keys())
+        index.write_text(json.dumps({"metadata": {}, "weight_map": {
+            n: "model.safetensors" for n in names}}, indent=2))
+    save_file({"w": np.asarray(head["w"]), "b": np.asarray(head["b"])},
+              str(path / VALUE_HEAD_FILE))
+
+
+def load_value_head(path: str | Path, d_model: int, dtype) -> dict:
+    """The `{"w": [D], "b": []}` head stored in `path/value_head.safetensors`."""
+    from safetensors.numpy import load_file
+
+    file = Path(path) / VALUE_HEAD_FILE
+    if not file.is_file():
+        raise ValueError(f"{str(file)!r} does not exist; expected a reward model directory "
+                         "written by save_reward_model (jaxrl-lrm export of a reward_model run)")
+    raw = load_file(str(file))
+    if set(raw) != {"w", "b"} or raw["w"].shape != (d_model,) or raw["b"].shape != ():
+        shapes = {k: v.shape for k, v in raw.items()}
+        raise ValueError(f"{str(file)!r} holds {shapes}; expected w of shape ({d_model},) "
+                         "and a scalar b")
+    return {k: jnp.asarray(v, dtype) for k, v in raw.items()}
+
+
+def load_reward_model(path: str | Path, *, dtype: str = "float32", mesh=None) -> models.Model:
+    """A reward model saved by `save_reward_model`: backbone plus its trained scalar head.
+
+    `Model.tokenizer` is the project's tokenizer of the directory (`data.tokenizer.
+    load_tokenizer`: `pad_id`, `eos_id`, `encode`) when it holds one, as `score` expects.
+    """
+    from jaxrl_lrm.data.tokenizer import load_tokenizer
+
+    model = models.load_pretrained(path, dtype=dtype, mesh=mesh)
+    try:
+        model = model.replace(tokenizer=load_tokenizer(path))
+    except ValueError:  # no tokenizer files: callers pass one to `score`
+        model = model.replace(tokenizer=None)
+    head = load_value_head(path, model.config.d_model, jnp.dtype(dtype))
+    if mesh is not None:
+        head = jax.device_put(head, sharding.replicated(mesh))
+    return model.replace(params={**model.params, "value_head": head})
+
+
+def build_reward_model(config: Config, mesh):
+    """`(tokenizer, model with a value head)`: the backbone of `model.path` / `model.preset`;
+    the head from `model.path/value_head.safetensors` when present, else zeros (so every
+    initial reward is exactly 0)."""
+    _, tokenizer, model = stages.build_model(config, mesh)
+    if config.model.path is not None and (Path(config.model.path) / VALUE_HEAD_FILE).is_file():
+        head = load_value_head(config.model.path, model.config.d_model,
+                               jnp.dtype(config.model.dtype))
+        model = model.replace(params={**model.params, "value_head": head})
+    else:
+        model = models.with_value_head(model)
+    head = jax.device_put(model.params["value_head"], sharding.replicated(mesh))
+    return tokenizer, model.replace(params={**model.params, "value_head": head})
+
+
+def score(model: models.Model, prompts: list[str], completions: list[str], *, prompt_len: int,
+          completion_len: int, tokenizer=None, render=lambda s: s) -> np.ndarray:
+    """Host helper: `[N]` rewards of (prompt, completion) texts under a reward model."""
+    from jaxrl_lrm.rl import sft
+
+    tokenizer = tokenizer or model.tokenizer
+    if tokenizer is None:
+        raise ValueError("tokenizer=None and model.tokenizer is None: pass the tokenizer")
+    if len(prompts) != len(completions):
+        raise ValueError(f"len(prompts)={len(prompts)} != len(completions)={len(completions)}")
+    enc = sft.encode_pairs(list(zip(prompts, completions)), tokenizer, prompt_len,
+                           completion_len, render)
+    return np.asarray(_score_jit(model.params, enc["tokens_BL"], enc["attn_BL"], model.config))
+
+
+_score_jit = jax.jit(lambda p, t, a, c: sequence_rewards(p, c, t, a), static_argnums=3)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def train_reward_model(config: Config, *, run_dir: str | Path | None = None, mesh=None,
+                       max_steps_this_run: int | None = None,
+                       quiet: bool = False) -> stages.StageResult:
+    """Runs (or resumes) reward-model training into `run_dir` (default `config.run_dir`).
+
+    Reads: `seed`, `model.*` (the backbone: an exported SFT run or a preset; a `model.path`
+    holding `value_head.safetensors` continues that head), `data.*` (source, path,
+    prompt_field, chosen_field, rejected_field, template, max_prompt_len, eval_size /
+    eval_split), `sampling.max_new_tokens` (completion length), `train.*` as the SFT stage,
+    `mesh.*`.
+
+    Metrics per step: `rm/loss`, `rm/accuracy`, `rm/margin`, `rm/chosen_reward`,
+    `rm/rejected_reward`, `grad_norm`, `lr`; held-out (every `train.eval_every` steps and at
+    the end): `eval/loss`, `eval/accuracy` (pairwise), `eval/margin`.
+    """
+    run_dir = Path(run_dir or config.run_dir)
+    mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    tokenizer, model = build_reward_model(config, mesh)
+    render = stages.make_render(config, tokenizer)
+    P, T = config.data.max_prompt_len, config.sampling.max_new_tokens
+    train_data = dpo.encode_preferences(dpo.read_pairs(config, "train"), tokenizer, P, T, render)
+    mc = model.config
+    evaluate = None
+    if config.data.eval_size or config.data.eval_split:
+        eval_data = dpo.encode_preferences(dpo.read_pairs(config, "eval"), tokenizer, P, T,
+                                           render)
+        terms = jax.jit(lambda p, b: rm_terms(p, mc, b))
+
+        def evaluate(params):
+            t = stages.eval_rows(terms, params, eval_data, config.train.prompts_per_step, mesh)
+            margin = t["r_chosen"] - t["r_rejected"]
+            return {"eval/loss": float(np.mean(t["loss"])),
+                    "eval/accuracy": float(np.mean(margin > 0)),
+                    "eval/margin": float(np.mean(margin))}
+
+    return stages.run_stage(
+        config, run_dir=run_dir, mesh=mesh, params=model.params,
+        loss_fn=lambda p, _, b: rm_batch_loss(p, mc, b), train_data=train_data,
+        evaluate=evaluate, max_steps_this_run=max_steps_this_run, quiet=quiet)

@@ -1,0 +1,25 @@
+"""Reward functions for trainer tests (importable as `toy_rewards:NAME` from tests/rl)."""
+
+import os
+import signal
+
+_seen = {"samples": 0, "sent": False}
+
+
+def ones_fraction(prompts, completions, **_):
+    """Dense, easy signal: the share of '1' characters in the completion."""
+    return [c.count("1") / max(len(c), 1) for c in completions]
+
+
+def always_raises(prompts, completions, **_):
+    raise RuntimeError("this reward function is broken on purpose")
+
+
+def sigterm_in_second_step(prompts, completions, group_size, **_):
+    """Sends SIGTERM to this very process once it has scored more than one step's samples
+    (16 on the smoke config): a preempted VM in the middle of step 2."""
+    _seen["samples"] += len(completions)
+    if _seen["samples"] > 16 and not _seen["sent"]:
+        _seen["sent"] = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return [0.0] * len(completions)
