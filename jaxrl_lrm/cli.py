@@ -88,7 +88,15 @@ def restore_policy(run_dir: Path, step: int | None, overrides=()):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after options (`train C.yaml --run-dir D a.b=1`): argparse
+    # stops collecting a positional list at the first option, so gather the rest here.
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax"):  # orbax logs every save phase at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -119,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             _init_distributed(args)
             run_dir = _run_dir_of(args.checkpoint)
-            config, session, params, step = restore_policy(run_dir, args.step, args.overrides)
-            del config
+            stage = load_config(run_dir / "config.yaml").stage
+            if stage != "rl":
+                raise ValueError(f"eval runs generation-based evaluation of RL policies; "
+                                 f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
+                                 "metrics are in its metrics.jsonl)")
+            _, session, params, step = restore_policy(run_dir, args.step, args.overrides)
             metrics, samples = session.evaluate(params)
             metrics["step"] = step
             print(json.dumps(metrics, indent=2))
@@ -129,12 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else run_dir / f"eval_step{step}.json"
             out.write_text(json.dumps(metrics, indent=2))
         elif args.command == "export":
-            from jaxrl_lrm import models
+            from jaxrl_lrm.rl import stages
 
             run_dir = _run_dir_of(args.checkpoint)
-            _, session, params, step = restore_policy(run_dir, args.step)
-            model = session.policy.replace(params=params)
-            models.save_pretrained(model, args.out_dir)
+            step = stages.export(run_dir, args.out_dir, args.step)
             print(f"exported step {step} of {run_dir} to {args.out_dir}")
     except (ConfigError, ValueError) as e:
         print(f"jaxrl-lrm: error: {e}", file=sys.stderr)

@@ -103,6 +103,17 @@ class AlgorithmSection:
     std_normalize: bool | None = None  # None: the algorithm's default
     tis_max: float | None = None  # truncated importance sampling cap (sampler vs trainer)
     entropy_coef: float = 0.0
+    # PPO: the value model, GAE and the adaptive KL controller
+    value_path: str | None = None  # init the value model from a reward model export
+    value_lr: float | None = None  # None: train.lr
+    value_clip: float | None = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_target: float | None = None  # adaptive KL (Ziegler et al.) when set; beta is the start
+    kl_horizon: float = 10000.0
+    # DAPO: dynamic sampling and the soft overlong punishment
+    max_gen_rounds: int = 3  # generation rounds to fill the batch with mixed-reward groups
+    overlong_cache: int | None = None  # None: sampling.max_new_tokens // 4; 0: no overlong term
 
     def __post_init__(self):
         _check(self.name in ALGORITHMS, "algorithm.name", self.name, f"one of {ALGORITHMS}")
@@ -117,6 +128,13 @@ class AlgorithmSection:
                self.dual_clip, "null or > 1")
         _check(self.tis_max is None or self.tis_max >= 1, "algorithm.tis_max", self.tis_max,
                "null or >= 1")
+        _check(0 <= self.gamma <= 1, "algorithm.gamma", self.gamma, "in [0, 1]")
+        _check(0 <= self.lam <= 1, "algorithm.lam", self.lam, "in [0, 1]")
+        _check(self.kl_target is None or self.kl_target > 0, "algorithm.kl_target",
+               self.kl_target, "null or > 0")
+        _check(self.max_gen_rounds >= 1, "algorithm.max_gen_rounds", self.max_gen_rounds, ">= 1")
+        _check(self.value_clip is None or self.value_clip > 0, "algorithm.value_clip",
+               self.value_clip, "null or > 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

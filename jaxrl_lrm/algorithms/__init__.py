@@ -43,12 +43,18 @@ class AlgorithmSpec:
     entropy_coef: float = 0.0
     tis_max: float | None = None
     group_size: int = 8
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float | None = 0.2
+    dynamic_sampling: bool = False  # DAPO: keep only groups with mixed rewards
+    overlong_penalty: bool = False  # DAPO: soft overlong punishment added to the reward
 
 
 _DEFAULTS = {
     "grpo": dict(advantage="group", agg="seq-mean-token-mean"),
     "dr_grpo": dict(advantage="group", std_normalize=False, agg="seq-mean-token-sum-norm"),
-    "dapo": dict(advantage="group", clip_low=0.2, clip_high=0.28, agg="token-mean"),
+    "dapo": dict(advantage="group", clip_low=0.2, clip_high=0.28, agg="token-mean",
+                 dynamic_sampling=True, overlong_penalty=True),
     "gspo": dict(advantage="group", ratio="sequence", clip_low=3e-4, clip_high=4e-4,
                  agg="seq-mean-token-mean"),
     "rloo": dict(advantage="rloo", agg="token-mean"),
@@ -80,32 +86,37 @@ def resolve(section) -> AlgorithmSpec:
         kw["kl_kind"] = section.kl_kind
     return AlgorithmSpec(name=section.name, dual_clip=section.dual_clip,
                          entropy_coef=section.entropy_coef, tis_max=section.tis_max,
-                         group_size=section.group_size, **kw)
+                         group_size=section.group_size, gamma=section.gamma, lam=section.lam,
+                         value_clip=section.value_clip, **kw)
 
 
 def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array,
-               kl_BT: jax.Array | None = None, values_BT: jax.Array | None = None):
+               kl_BT: jax.Array | None = None, values_BT: jax.Array | None = None,
+               beta: jax.Array | float | None = None):
     """Advantages for one batch: `[B]` for outcome-level estimators, `[B, T]` for token-level.
 
     `kl_BT` (policy minus reference log-prob per token) is needed when `spec.kl_in_reward`;
-    `values_BT` when the estimator is GAE.
+    `values_BT` when the estimator is GAE; `beta` overrides `spec.beta` (the adaptive KL
+    controller's current coefficient). GAE returns `(advantages, returns)`.
     """
+    beta = spec.beta if beta is None else beta
     if spec.advantage == "group":
         return losses.group_advantages(rewards_B, spec.group_size,
                                        std_normalize=spec.std_normalize)
     if spec.advantage == "rloo":
         return losses.rloo_advantages(rewards_B, spec.group_size)
     token_rewards = losses.outcome_token_rewards(rewards_B, mask_BT)
-    if spec.kl_in_reward and kl_BT is not None and spec.beta > 0:
-        token_rewards = token_rewards - spec.beta * kl_BT * mask_BT
+    if spec.kl_in_reward and kl_BT is not None:
+        token_rewards = token_rewards - beta * kl_BT * mask_BT
     if spec.advantage == "reinforce_pp":
         returns = losses.reinforce_pp_returns(token_rewards, mask_BT, 1.0)
         return losses.whiten(returns, mask_BT)
     if spec.advantage == "gae":
         if values_BT is None:
             raise ValueError("GAE advantages need values_BT (a value model)")
-        adv, _ = losses.gae(token_rewards, values_BT, mask_BT, gamma=1.0, lam=0.95)
-        return losses.whiten(adv, mask_BT)
+        adv, returns = losses.gae(token_rewards, values_BT, mask_BT, gamma=spec.gamma,
+                                  lam=spec.lam)
+        return losses.whiten(adv, mask_BT), returns
     raise ValueError(f"advantage={spec.advantage!r}: expected group, rloo, reinforce_pp or gae")
 
 

@@ -140,7 +140,7 @@ def phase_times(parts: dict, step: int, repeats: int) -> dict:
     toks, _, smask = (np.asarray(x) for x in gen["result"])
     dec = _util.timed(lambda: s.decode(toks, smask), repeats)
     completions = dec["result"]
-    cols = trainer._columns(rows, G)
+    cols = {k: [r.get(k) for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
     cols["group_size"] = [G] * len(completions)
     cols["completion_lengths"] = [int(m.sum()) for m in smask]
     prompts = [t for t in texts for _ in range(G)]

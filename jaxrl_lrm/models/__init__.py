@@ -18,7 +18,8 @@ __all__ = [
 
 try:  # the Hugging Face bridge
     from jaxrl_lrm.models.hf import load_pretrained, save_pretrained  # noqa: F401
+    from jaxrl_lrm.models.value_model import load_value_model, save_value_model  # noqa: F401
 
-    __all__ += ["load_pretrained", "save_pretrained"]
+    __all__ += ["load_pretrained", "load_value_model", "save_pretrained", "save_value_model"]
 except ImportError:  # pragma: no cover - hf.py is being written
     pass

@@ -182,7 +182,9 @@ class _Reader:
                 raise ValueError(f"{index}: expected a JSON object with a 'weight_map' object")
             files = sorted(set(weight_map.values()))
         else:
-            files = sorted(f.name for f in path.glob("*.safetensors"))
+            # value_head.safetensors is a reward/value model's scalar head, not a backbone shard
+            files = sorted(f.name for f in path.glob("*.safetensors")
+                           if f.name != "value_head.safetensors")
             if not files:
                 raise ValueError(f"{path}: no *.safetensors files (expected {SINGLE_FILE} or "
                                  f"shards listed in {INDEX_FILE}; PyTorch .bin is not read)")

@@ -17,7 +17,8 @@ forward serves every call of the same bucket.
 
 `reward_model_from_checkpoint` and `prm_from_checkpoint` are the config-facing faces: reward
 functions that take `path=` (bound from `rewards.functions[*].args`) and load the checkpoint
-once, on first use.
+once, on first use. The checkpoint is a `models.value_model` directory (`save_value_model`:
+backbone + `value_head.safetensors`), e.g. an export of the `reward_model` training stage.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ import numpy as np
 from jaxrl_lrm import sampling
 from jaxrl_lrm.data.tokenizer import CharTokenizer, HFTokenizer, load_tokenizer
 from jaxrl_lrm.models import transformer
+from jaxrl_lrm.models.value_model import load_value_model, save_value_model
 from jaxrl_lrm.rewards.dense import split_steps, step_token_rewards
 
-VALUE_HEAD_FILE = "value_head.npz"  # not *.safetensors: models.hf reads every one as weights
-STAGE_VALUE_HEAD_FILE = "value_head.safetensors"  # jaxrl_lrm.rl.reward_model's export
 REDUCTIONS = ("min", "last", "mean")
 SPLIT_MODES = ("blank_line", "newline", "step_marker")
 _JOINERS = {"blank_line": "\n\n", "newline": "\n", "step_marker": "\n"}
@@ -102,7 +102,7 @@ def sequence_values(model, sequences: Sequence[Sequence[int]], *, batch_size: in
     """
     if not model.has_value_head:
         raise ValueError("model has no value_head: expected a reward / value model "
-                         "(models.with_value_head or load_reward_model)")
+                         "(models.with_value_head or models.load_value_model)")
     config = model.config
     out = []
     for lo in range(0, len(sequences), batch_size):
@@ -164,7 +164,7 @@ class RewardModelScorer:
                  bucket_sizes: Sequence[int] | None = None):
         if not model.has_value_head:
             raise ValueError("model has no value_head: expected a reward model "
-                             "(models.with_value_head or load_reward_model)")
+                             "(models.with_value_head or models.load_value_model)")
         self.model = model
         self.tokenizer = as_tokenizer(model.tokenizer if tokenizer is None else tokenizer)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -246,7 +246,7 @@ class PRMScorer:
                  bucket_sizes: Sequence[int] | None = None):
         if not model.has_value_head:
             raise ValueError("model has no value_head: expected a PRM "
-                             "(models.with_value_head or load_reward_model)")
+                             "(models.with_value_head or models.load_value_model)")
         if step_splitter not in SPLIT_MODES:
             raise ValueError(f"step_splitter={step_splitter!r}: expected one of {SPLIT_MODES}")
         if reduction not in REDUCTIONS:
@@ -325,48 +325,18 @@ class PRMScorer:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_reward_model(model, path: str | Path) -> None:
-    """Writes a value-head model: the backbone with `models.save_pretrained` (tokenizer files
-    included when `model.tokenizer` is set) and the head as `value_head.npz` (float32 `w` [D],
-    `b` [])."""
-    from jaxrl_lrm.models import save_pretrained
-
-    if not model.has_value_head:
-        raise ValueError("model has no value_head: expected a reward / value model")
-    params = {k: v for k, v in model.params.items() if k != "value_head"}
-    save_pretrained(model.replace(params=params), path)
-    head = model.params["value_head"]
-    np.savez(Path(path) / VALUE_HEAD_FILE, **{k: np.asarray(head[k], np.float32) for k in "wb"})
+# One checkpoint format for every value-head model (`models.value_model`); the old names stay
+# as aliases.
+save_reward_model = save_value_model
+load_reward_model = load_value_model
 
 
-def load_reward_model(path: str | Path, *, dtype: str = "float32", value_head: bool = True):
-    """`models.load_pretrained(path)` plus the tokenizer (`data.tokenizer.load_tokenizer`) and,
-    with `value_head`, the head (`w` [D], `b` []) from `value_head.npz` (`save_reward_model`)
-    or `value_head.safetensors` (what the `reward_model` training stage exports)."""
+def load_backbone(path: str | Path, *, dtype: str = "float32"):
+    """`models.load_pretrained(path)` with the project's tokenizer of the directory
+    (`data.tokenizer.load_tokenizer`), for checkpoint rewards without a value head."""
     from jaxrl_lrm.models import load_pretrained
 
-    model = load_pretrained(path, dtype=dtype)
-    model = model.replace(tokenizer=load_tokenizer(path))
-    if not value_head:
-        return model
-    files = [Path(path) / f for f in (VALUE_HEAD_FILE, STAGE_VALUE_HEAD_FILE)]
-    if files[0].is_file():
-        with np.load(files[0], allow_pickle=False) as npz:
-            head = {k: npz[k] for k in npz.files}
-    elif files[1].is_file():
-        from safetensors.numpy import load_file
-
-        head = load_file(str(files[1]))
-    else:
-        raise ValueError(f"{str(path)!r} holds neither {VALUE_HEAD_FILE} nor "
-                         f"{STAGE_VALUE_HEAD_FILE}: expected a value head next to the backbone")
-    d = model.config.d_model
-    if set(head) != {"w", "b"} or head["w"].shape != (d,) or head["b"].shape != ():
-        raise ValueError(f"{str(path)!r}: value head {({k: v.shape for k, v in head.items()})}: "
-                         f"expected w of shape ({d},) and a scalar b")
-    dt = jnp.dtype(model.config.dtype)
-    head = {k: jnp.asarray(v, dt) for k, v in head.items()}
-    return model.replace(params={**model.params, "value_head": head})
+    return load_pretrained(path, dtype=dtype).replace(tokenizer=load_tokenizer(path))
 
 
 class LazyCheckpointReward:
@@ -401,7 +371,8 @@ class LazyCheckpointReward:
                              f"{list(self.options)}")
         key = (str(Path(path).resolve()), dtype, tuple(sorted(options.items(), key=str)))
         if key not in self._cache:
-            model = load_reward_model(path, dtype=dtype, value_head=self.value_head)
+            model = (load_value_model(path, dtype=dtype) if self.value_head
+                     else load_backbone(path, dtype=dtype))
             self._cache[key] = self.build(model, **options)
         return self._cache[key]
 

@@ -4,14 +4,13 @@ preference pairs with the Bradley-Terry loss (Ouyang et al. 2022, arXiv:2203.021
     r(x, y) = value_head(hidden state at the last real token of prompt + completion + EOS)
     loss = -log_sigmoid(r(x, y_chosen) - r(x, y_rejected))
 
-Saving and loading: Hugging Face `*ForCausalLM` checkpoints have no place for the head, so
-`save_reward_model` writes the backbone with `models.save_pretrained` and the head as
-`value_head.safetensors` (`w [D]`, `b []`) beside it; `load_reward_model` reads both.
+Saving and loading: `save_reward_model` / `load_reward_model` are `models.save_value_model` /
+`models.load_value_model` (backbone via `models.save_pretrained`, the head as
+`value_head.safetensors` with `w [D]`, `b []` beside it).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -21,9 +20,13 @@ import numpy as np
 from jaxrl_lrm import models, sharding
 from jaxrl_lrm.config import Config
 from jaxrl_lrm.models import transformer
+from jaxrl_lrm.models.value_model import (
+    VALUE_HEAD_FILE,
+    load_value_head,
+    load_value_model,
+    save_value_model,
+)
 from jaxrl_lrm.rl import dpo, stages
-
-VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def last_token_index(attn_BL) -> jax.Array:
@@ -73,67 +76,11 @@ def rm_batch_loss(params, model_config, batch: dict):
 
 
 # --------------------------------------------------------------------------- save / load
+# One checkpoint format for every value-head model: `models.value_model`. The stage's old names
+# stay as aliases for callers (`stages.export`, PPO's `algorithm.value_path`).
 
-
-def save_reward_model(model: models.Model, path: str | Path) -> None:
-    """Writes the backbone as a Hugging Face checkpoint and the head as `value_head.safetensors`."""
-    from safetensors.numpy import save_file
-
-    if not model.has_value_head:
-        raise ValueError("model has no value_head: expected a reward model "
-                         "(models.with_value_head or load_reward_model)")
-    head = model.params["value_head"]
-    backbone = {k: v for k, v in model.params.items() if k != "value_head"}
-    path = Path(path)
-    models.save_pretrained(model.replace(params=backbone), path)
-    index = path / "model.safetensors.index.json"
-    if not index.is_file():
-        # A single-file checkpoint gets an index anyway, so readers that would otherwise take
-        # every *.safetensors in the directory (models.load_pretrained) skip the head's file;
-        # transformers still reads model.safetensors directly.
-        from safetensors import safe_open
-
-        with safe_open(str(path / "model.safetensors"), framework="np") as f:
-            names = list(f.keys())
-        index.write_text(json.dumps({"metadata": {}, "weight_map": {
-            n: "model.safetensors" for n in names}}, indent=2))
-    save_file({"w": np.asarray(head["w"]), "b": np.asarray(head["b"])},
-              str(path / VALUE_HEAD_FILE))
-
-
-def load_value_head(path: str | Path, d_model: int, dtype) -> dict:
-    """The `{"w": [D], "b": []}` head stored in `path/value_head.safetensors`."""
-    from safetensors.numpy import load_file
-
-    file = Path(path) / VALUE_HEAD_FILE
-    if not file.is_file():
-        raise ValueError(f"{str(file)!r} does not exist; expected a reward model directory "
-                         "written by save_reward_model (jaxrl-lrm export of a reward_model run)")
-    raw = load_file(str(file))
-    if set(raw) != {"w", "b"} or raw["w"].shape != (d_model,) or raw["b"].shape != ():
-        shapes = {k: v.shape for k, v in raw.items()}
-        raise ValueError(f"{str(file)!r} holds {shapes}; expected w of shape ({d_model},) "
-                         "and a scalar b")
-    return {k: jnp.asarray(v, dtype) for k, v in raw.items()}
-
-
-def load_reward_model(path: str | Path, *, dtype: str = "float32", mesh=None) -> models.Model:
-    """A reward model saved by `save_reward_model`: backbone plus its trained scalar head.
-
-    `Model.tokenizer` is the project's tokenizer of the directory (`data.tokenizer.
-    load_tokenizer`: `pad_id`, `eos_id`, `encode`) when it holds one, as `score` expects.
-    """
-    from jaxrl_lrm.data.tokenizer import load_tokenizer
-
-    model = models.load_pretrained(path, dtype=dtype, mesh=mesh)
-    try:
-        model = model.replace(tokenizer=load_tokenizer(path))
-    except ValueError:  # no tokenizer files: callers pass one to `score`
-        model = model.replace(tokenizer=None)
-    head = load_value_head(path, model.config.d_model, jnp.dtype(dtype))
-    if mesh is not None:
-        head = jax.device_put(head, sharding.replicated(mesh))
-    return model.replace(params={**model.params, "value_head": head})
+save_reward_model = save_value_model
+load_reward_model = load_value_model
 
 
 def build_reward_model(config: Config, mesh):
@@ -142,8 +89,7 @@ def build_reward_model(config: Config, mesh):
     initial reward is exactly 0)."""
     _, tokenizer, model = stages.build_model(config, mesh)
     if config.model.path is not None and (Path(config.model.path) / VALUE_HEAD_FILE).is_file():
-        head = load_value_head(config.model.path, model.config.d_model,
-                               jnp.dtype(config.model.dtype))
+        head = load_value_head(config.model.path, model.config.d_model, config.model.dtype)
         model = model.replace(params={**model.params, "value_head": head})
     else:
         model = models.with_value_head(model)

@@ -80,6 +80,34 @@ def frozen_copy(params, dtype: str | None = None):
     return jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)) if dtype else x.copy(), params)
 
 
+def build_value_params(config: Config, policy: models.Model, mesh):
+    """PPO's value model: a value-model directory (`algorithm.value_path`, backbone + head,
+    `models.load_value_model`; a reward-model export is one), or
+    the initial policy's backbone with a fresh zero head."""
+    if config.algorithm.value_path is not None:
+        from jaxrl_lrm.models.value_model import load_value_model
+
+        model = load_value_model(config.algorithm.value_path, mesh=mesh)
+        shape = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                 "mlp_dim")
+        if any(getattr(model.config, k) != getattr(policy.config, k) for k in shape):
+            raise ValueError(f"algorithm.value_path={config.algorithm.value_path!r}: its model "
+                             "shape differs from the policy's; expected the same backbone")
+        return frozen_copy(model.params)
+    value = models.with_value_head(policy.replace(params=frozen_copy(policy.params)))
+    from jaxrl_lrm import sharding
+
+    return sharding.on_mesh(value.params, mesh)
+
+
+def dapo_overlong(prompts, completions, *, max_len: int, cache_len: int, **columns):
+    """DAPO's soft overlong punishment on `completion_lengths` (see rewards.shaping)."""
+    from jaxrl_lrm.rewards.shaping import soft_overlong_punishment
+
+    return soft_overlong_punishment(max_len=max_len, cache_len=cache_len)(
+        prompts, completions, **columns)
+
+
 def _import_fn(spec: str) -> Callable:
     module, _, attr = spec.partition(":")
     if not attr:
@@ -103,6 +131,16 @@ def registered_rewards() -> dict[str, str]:
 
 def build_rewards(config: Config, task: TaskInfo | None) -> list[tuple[str, Callable, float]]:
     """`(name, fn, weight)` triples; with no functions configured, the task's own verifier."""
+    out = _configured_rewards(config, task)
+    if config.algorithm.name == "dapo" and config.algorithm.overlong_cache != 0:
+        max_len = config.sampling.max_new_tokens
+        cache = config.algorithm.overlong_cache or max(1, max_len // 4)
+        out.append(("overlong", _Bound(dapo_overlong, {"max_len": max_len, "cache_len": cache}),
+                    1.0))
+    return out
+
+
+def _configured_rewards(config: Config, task: TaskInfo | None):
     specs = config.rewards.functions
     if not specs:
         if task is None:

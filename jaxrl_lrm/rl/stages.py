@@ -285,16 +285,16 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
     """Writes a run's model as a Hugging Face checkpoint in `out_dir`; returns the step.
 
     For a reward model the backbone goes through `models.save_pretrained` and the scalar head
-    to `value_head.safetensors` beside it (`reward_model.load_reward_model` reads both).
+    to `value_head.safetensors` beside it (`models.save_value_model`; `models.load_value_model`
+    reads both).
     """
     from jaxrl_lrm import models
-    from jaxrl_lrm.rl import reward_model
 
     _, tokenizer, model, step = restore_params(run_dir, step)
     if model.tokenizer is None:
         model = model.replace(tokenizer=tokenizer)
     if model.has_value_head:
-        reward_model.save_reward_model(model, out_dir)
+        models.save_value_model(model, out_dir)
     else:
         models.save_pretrained(model, out_dir)
     return step

@@ -91,17 +91,18 @@ def rl_loss(params, config: ModelConfig, spec: AlgorithmSpec, mb: dict, *, promp
         dual_clip=spec.dual_clip, ratio="sequence" if spec.ratio == "sequence" else "token",
         agg=spec.agg, max_len=max_len)
     loss = pg
-    kl = losses.kl_penalty(logp, mb["ref_logp_BT"], spec.kl_kind)
-    kl_mean = losses.aggregate(kl, mask, "token-mean")
-    if spec.beta > 0 and not spec.kl_in_reward:
-        loss = loss + spec.beta * losses.aggregate(kl, mask, spec.agg, max_len=max_len)
+    metrics = {}
+    if spec.beta > 0:  # there is a reference model (the trainer builds one only then)
+        kl = losses.kl_penalty(logp, mb["ref_logp_BT"], spec.kl_kind)
+        metrics["kl/mean"] = losses.aggregate(kl, mask, "token-mean")
+        if not spec.kl_in_reward:
+            loss = loss + spec.beta * losses.aggregate(kl, mask, spec.agg, max_len=max_len)
     ent_mean = losses.aggregate(ent, mask, "token-mean")
     if spec.entropy_coef:
         loss = loss - spec.entropy_coef * ent_mean
-    metrics = {
+    metrics |= {
         "loss/policy": pg,
         "loss/total": loss,
-        "kl/mean": kl_mean,
         "entropy/mean": ent_mean,
         "clip/frac": pg_metrics["clipfrac"],
         "approx_kl": pg_metrics["approx_kl"],
@@ -132,15 +133,11 @@ def accumulate_update(state: TrainState, optimizer, loss_fn, batch: dict, micro_
     return dataclasses.replace(state, params=params, opt_state=opt_state), metrics
 
 
-def rl_update(state: TrainState, batch: dict, *, config: ModelConfig, spec: AlgorithmSpec,
-              optimizer, epochs: int, minibatches: int, micro_batches: int, prompt_len: int,
-              temperature: float, max_len: int):
-    """`epochs` passes over the batch, each `minibatches` optimizer updates. Returns the new
-    state (step + 1) and the metrics averaged over all updates."""
-    def loss_fn(params, mb):
-        return rl_loss(params, config, spec, mb, prompt_len=prompt_len,
-                       temperature=temperature, max_len=max_len)
-
+def epochs_update(state: TrainState, batch: dict, loss_fn, *, optimizer, epochs: int,
+                  minibatches: int, micro_batches: int):
+    """`epochs` passes over the batch, each `minibatches` optimizer updates with gradients
+    accumulated over `micro_batches`. Returns the new state (step + 1) and the metrics
+    averaged over all updates."""
     def one_update(st, mb):
         return accumulate_update(st, optimizer, loss_fn, mb, micro_batches)
 
@@ -150,6 +147,44 @@ def rl_update(state: TrainState, batch: dict, *, config: ModelConfig, spec: Algo
         all_metrics.append(m)
     metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *all_metrics)
     return dataclasses.replace(state, step=state.step + 1), metrics
+
+
+def rl_update(state: TrainState, batch: dict, *, config: ModelConfig, spec: AlgorithmSpec,
+              optimizer, epochs: int, minibatches: int, micro_batches: int, prompt_len: int,
+              temperature: float, max_len: int):
+    """The policy update of one RL step (see `epochs_update`)."""
+    def loss_fn(params, mb):
+        return rl_loss(params, config, spec, mb, prompt_len=prompt_len,
+                       temperature=temperature, max_len=max_len)
+
+    return epochs_update(state, batch, loss_fn, optimizer=optimizer, epochs=epochs,
+                         minibatches=minibatches, micro_batches=micro_batches)
+
+
+def completion_values(params, config: ModelConfig, tokens_BL, attn_BL, prompt_len: int):
+    """Value estimates `[B, T]` at the completion positions: `V[b, t]` is read from the hidden
+    state that predicts completion token t (the state before the action, as in the policy's
+    log-probs)."""
+    hidden, _ = transformer.forward_hidden(params, config, tokens_BL, kv_mask_BS=attn_BL)
+    return transformer.value_head(params, hidden[:, prompt_len - 1:-1])
+
+
+def value_update(state: TrainState, batch: dict, *, config: ModelConfig, optimizer, epochs: int,
+                 minibatches: int, micro_batches: int, prompt_len: int,
+                 clip: float | None):
+    """PPO's value-model update: clipped squared error to the GAE returns."""
+    def loss_fn(params, mb):
+        v = completion_values(params, config, mb["tokens_BL"], mb["attn_BL"], prompt_len)
+        loss, m = losses.value_loss(v, mb["old_values_BT"], mb["returns_BT"], mb["mask_BT"],
+                                    clip=clip)
+        return loss, {"value/loss": loss, **{f"value/{k}": x for k, x in m.items()}}
+
+    return epochs_update(state, batch, loss_fn, optimizer=optimizer, epochs=epochs,
+                         minibatches=minibatches, micro_batches=micro_batches)
+
+
+VALUE_STATIC = ("config", "optimizer", "epochs", "minibatches", "micro_batches", "prompt_len",
+                "clip")
 
 
 def sft_loss(params, config: ModelConfig, batch: dict):

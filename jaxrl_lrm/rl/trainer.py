@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lrm import algorithms, sampling, sharding
+from jaxrl_lrm import algorithms, losses, sampling, sharding
 from jaxrl_lrm.checkpoint import Checkpointer
 from jaxrl_lrm.config import Config, save_config
-from jaxrl_lrm.rl import evaluation, setup, steps
+from jaxrl_lrm.rl import evaluation, rollout, setup, steps
 from jaxrl_lrm.rl.logging import MetricsLogger, plot_run
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,12 @@ class Session:
         return functools.partial(fn, config=self.model_config, prompt_len=self.prompt_len,
                                  temperature=self.config.sampling.temperature)
 
+    @property
+    def value_fn(self):
+        """`(value_params, tokens_BL, attn_BL) -> values_BT`, jitted."""
+        fn = steps.jitted(_completion_values, static_argnames=("config", "prompt_len"))
+        return functools.partial(fn, config=self.model_config, prompt_len=self.prompt_len)
+
     def complete(self, params, rows: list[dict], temperature: float, n: int,
                  rng=None) -> list[str]:
         """n completions per row (row-major), decoded to text."""
@@ -157,19 +163,13 @@ def _sample(params, ids, mask, rng, temperature, *, config, max_new_tokens, top_
                                   mesh=mesh)
 
 
+def _completion_values(params, tokens_BL, attn_BL, *, config, prompt_len):
+    return steps.completion_values(params, config, tokens_BL, attn_BL, prompt_len)
+
+
 def _completion_logp(params, tokens_BL, attn_BL, *, config, prompt_len, temperature):
     return steps.completion_logprobs(params, config, tokens_BL, attn_BL, prompt_len,
                                      temperature)[0]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _advantages(spec, rewards_B, mask_BT, kl_BT):
-    return algorithms.advantages(spec, rewards_B, mask_BT, kl_BT=kl_BT)
-
-
-def _columns(rows: list[dict], group: int) -> dict:
-    keys = [k for k in rows[0] if k != "prompt"]
-    return {k: [r.get(k) for r in rows for _ in range(group)] for k in keys}
 
 
 def make_train_state(session: Session, params, total_updates: int, lr: float):
@@ -186,56 +186,11 @@ def make_train_state(session: Session, params, total_updates: int, lr: float):
 
 def rl_step_batch(session: Session, state: steps.TrainState, ref_params, rows: list[dict],
                   step: int, executor, need_old: bool):
-    """Sampling, rewards and the update inputs of one RL step (everything before the update)."""
-    c, spec, G = session.config, session.spec, session.spec.group_size
-    timings = {}
-    t0 = time.monotonic()
-    texts, ids_BP, mask_BP = session.encode_prompts(rows)
-    ids_NP, mask_NP = np.repeat(ids_BP, G, axis=0), np.repeat(mask_BP, G, axis=0)
-    rng = jax.random.fold_in(session.base_rng, step)
-    inp = sharding.shard_batch({"ids": ids_NP, "mask": mask_NP}, session.mesh)
-    toks, slogp, smask = session.sample_fn(state.params, inp["ids"], inp["mask"], rng,
-                                           float(c.sampling.temperature))
-    toks_h, smask_h = sharding.host_rows(toks), sharding.host_rows(smask)
-    timings["time/sample_s"] = time.monotonic() - t0
-    tokens_BL = np.concatenate([ids_NP, toks_h], axis=1)
-    attn_BL = np.concatenate([mask_NP, smask_h], axis=1)
-    dev = sharding.shard_batch({"tokens_BL": tokens_BL, "attn_BL": attn_BL}, session.mesh)
-    # Dispatched now, computed on the device while the host scores rewards below.
-    ref_logp = session.logprob_fn(ref_params, dev["tokens_BL"], dev["attn_BL"]) \
-        if ref_params is not None else None
-    old_logp = session.logprob_fn(state.params, dev["tokens_BL"], dev["attn_BL"]) \
-        if need_old else None
-    t1 = time.monotonic()
-    completions = session.decode(toks_h, smask_h)
-    cols = _columns(rows, G)
-    cols["group_size"] = [G] * len(completions)
-    cols["completion_lengths"] = [int(m.sum()) for m in smask_h]
-    total, per_fn, rstats = executor.score([t for t in texts for _ in range(G)], completions, cols)
-    timings["time/reward_s"] = time.monotonic() - t1
-    mask_BT = smask_h.astype(np.float32)
-    kl_BT = None
-    if spec.kl_in_reward and ref_params is not None:
-        base = old_logp if old_logp is not None else session.logprob_fn(
-            state.params, dev["tokens_BL"], dev["attn_BL"])
-        kl_BT = sharding.host_rows(base) - sharding.host_rows(ref_logp)
-    # Advantages from this host's rows: whole groups live on one host, so group baselines are
-    # exact; batch-level whitening (REINFORCE++, PPO) is per host on multi-host runs.
-    adv = np.asarray(_advantages(spec, total, mask_BT, kl_BT))
-    batch = {**dev, "mask_BT": mask_BT, "adv": adv, "old_logp_BT": old_logp,
-             "sampler_logp_BT": slogp,
-             "ref_logp_BT": ref_logp if ref_logp is not None else np.zeros_like(mask_BT)}
-    lengths = smask_h.sum(axis=1)
-    metrics = {"reward/mean": float(np.mean(total)), "reward/std": float(np.std(total)),
-               "response_length/mean": float(lengths.mean()),
-               "response_length/max": float(lengths.max()),
-               "groups/zero_variance_frac": float(
-                   algorithms.zero_variance_group_frac(total, G)),
-               **{f"reward/{k}": float(np.mean(v)) for k, v in per_fn.items()},
-               **{f"reward_{k}": float(v) for k, v in rstats.items() if k != "time_s"},
-               **timings}
-    samples = list(zip(texts[:2], completions[: 2 * G: G], np.asarray(total)[: 2 * G: G]))
-    return sharding.shard_batch(batch, session.mesh), metrics, samples
+    """Sampling, rewards and the policy-update batch of one step: `(batch, metrics, samples)`
+    (the GRPO-family path; `rollout.rl_step_batch` has the PPO and DAPO extras)."""
+    batch, _, metrics, samples = rollout.rl_step_batch(session, state, ref_params, rows, step,
+                                                       executor, need_old)
+    return batch, metrics, samples
 
 
 def _finite(metrics: dict) -> bool:
@@ -289,12 +244,26 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     if spec.beta > 0:
         ref_params = session.policy.params if c.model.ref_dtype in (None, c.model.dtype) \
             else setup.frozen_copy(session.policy.params, c.model.ref_dtype)
+    vstate = value_optimizer = None
+    if spec.uses_value:  # PPO: a value model on the same mesh, with its own optimizer
+        vstate, value_optimizer, _ = make_train_state(
+            session, setup.build_value_params(c, session.policy, session.mesh),
+            c.train.steps * updates_per_step, c.algorithm.value_lr or c.train.lr)
+    kl_ctrl = kl_state = None
+    if c.algorithm.kl_target is not None and spec.kl_in_reward and spec.beta > 0:
+        kl_ctrl = losses.AdaptiveKLController(init_kl_coef=spec.beta,
+                                               target=c.algorithm.kl_target,
+                                               horizon=c.algorithm.kl_horizon)
+        kl_state = kl_ctrl.init()
     ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=c.train.max_to_keep)
     start_step = 0
     if ckpt.latest_step() is not None:
-        target = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-        restored, meta, start_step = ckpt.restore(target)
-        state = steps.TrainState(**restored)
+        restored, meta, start_step = ckpt.restore(_ckpt_tree(state, vstate))
+        state = steps.TrainState(**{k: restored[k] for k in ("params", "opt_state", "step")})
+        if vstate is not None:
+            vstate = steps.TrainState(**restored["value"])
+        if kl_state is not None:
+            kl_state = kl_state._replace(kl_coef=jnp.float32(meta["kl_coef"]))
         iterator.restore(meta["data"])
         log.info("resumed from step %d in %s", start_step, ckpt.directory)
     logger = MetricsLogger(run_dir, total_steps=c.train.steps, enabled=is_main and not quiet,
@@ -309,6 +278,14 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     old_handler = _install_sigterm(preempted)
     executor = RewardExecutor(session.reward_fns, num_workers=c.rewards.num_workers,
                               timeout_s=c.rewards.timeout_s)
+    value_update_fn = None
+    if vstate is not None:
+        value_update_fn = functools.partial(
+            steps.jitted(steps.value_update, static_argnames=steps.VALUE_STATIC,
+                         donate_argnums=0),
+            config=session.model_config, optimizer=value_optimizer, epochs=c.train.ppo_epochs,
+            minibatches=c.train.minibatches, micro_batches=c.train.micro_batches,
+            prompt_len=session.prompt_len, clip=spec.value_clip)
     need_old = updates_per_step > 1 or spec.tis_max is not None
     end_step = c.train.steps if max_steps_this_run is None else \
         min(c.train.steps, start_step + max_steps_this_run)
@@ -318,10 +295,16 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
         for step in range(start_step, end_step):
             t0 = time.monotonic()
             rows = iterator.next_batch()
-            batch, metrics, _ = rl_step_batch(session, state, ref_params, rows, step, executor,
-                                              need_old)
+            kl_coef = float(kl_state.kl_coef) if kl_state is not None else None
+            batch, value_batch, metrics, _ = rollout.rl_step_batch(
+                session, state, ref_params, rows, step, executor, need_old,
+                value_params=vstate.params if vstate is not None else None, kl_coef=kl_coef,
+                next_rows=iterator.next_batch)
             t1 = time.monotonic()
             new_state, dev_metrics = update_fn(state, batch)
+            if value_update_fn is not None:
+                new_vstate, vmetrics = value_update_fn(vstate, value_batch)
+                dev_metrics = {**dev_metrics, **vmetrics}
             dev_metrics = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
             if not _finite(dev_metrics):
                 bad = {k: v for k, v in dev_metrics.items() if not math.isfinite(v)}
@@ -329,6 +312,11 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
                     f"non-finite values at step {step + 1}: {bad}; stopping. The last good "
                     f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is untouched.")
             state = new_state
+            if value_update_fn is not None:
+                vstate = new_vstate
+            if kl_state is not None:
+                metrics["kl/coef"] = kl_coef
+                kl_state = kl_ctrl.update(kl_state, metrics["kl/seq_sum"], len(batch["adv"]))
             metrics.update(dev_metrics)
             metrics["time/update_s"] = time.monotonic() - t1
             metrics["lr"] = float(schedule(int(step * updates_per_step)))
@@ -344,7 +332,10 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
             last = done == c.train.steps
             if preempted.flag or last or (c.train.checkpoint_every
                                           and done % c.train.checkpoint_every == 0):
-                _save(ckpt, state, iterator, done, c.seed)
+                meta = {"step": done, "data": iterator.state(), "seed": c.seed}
+                if kl_state is not None:
+                    meta["kl_coef"] = float(kl_state.kl_coef)
+                ckpt.save(done, _ckpt_tree(state, vstate), meta)
             if preempted.flag:
                 log.warning("SIGTERM: saved step %d, exiting", done)
                 break
@@ -358,9 +349,13 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     return RunResult(metrics=metrics, params=state.params, session=session, history=history)
 
 
-def _save(ckpt: Checkpointer, state: steps.TrainState, iterator, step: int, seed: int) -> None:
-    ckpt.save(step, {"params": state.params, "opt_state": state.opt_state, "step": state.step},
-              {"step": step, "data": iterator.state(), "seed": seed})
+def _ckpt_tree(state: steps.TrainState, vstate: steps.TrainState | None) -> dict:
+    """The array state a checkpoint holds: the policy's, and PPO's value model under "value"."""
+    tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    if vstate is not None:
+        tree["value"] = {"params": vstate.params, "opt_state": vstate.opt_state,
+                         "step": vstate.step}
+    return tree
 
 
 def _install_sigterm(flag: _Preempted):

@@ -23,3 +23,8 @@ def sigterm_in_second_step(prompts, completions, group_size, **_):
         _seen["sent"] = True
         os.kill(os.getpid(), signal.SIGTERM)
     return [0.0] * len(completions)
+
+
+def constant_one(prompts, completions, **_):
+    """Reward 1 for everything: returns are 1 at every position, a target a value model fits."""
+    return [1.0] * len(completions)
