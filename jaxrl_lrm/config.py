@@ -299,8 +299,15 @@ def _build(cls, raw: Any, prefix: str):
                 _build(RewardSpec, {"fn": v} if isinstance(v, str) else v, f"{key}[{i}]")
                 for i, v in enumerate(value))
         else:
-            if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            wants_float = tp is float or float in typing.get_args(tp)
+            if wants_float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
+            elif wants_float and isinstance(value, str):
+                # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it is
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if not _type_ok(value, tp):
                 raise ConfigError(f"{key}={value!r}: expected a value of type {tp}")
             kwargs[name] = value

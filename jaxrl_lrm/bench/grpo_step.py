@@ -110,7 +110,7 @@ def rows_for(parts: dict, step: int) -> list[dict]:
     n = parts["session"].config.train.prompts_per_step
     rows = parts["session"].train_rows
     start = (step * n) % (len(rows) - n)
-    return list(rows[start:start + n])
+    return [rows[start + i] for i in range(n)]  # a `PromptSource`: indexable, not sliceable
 
 
 def full_step(parts: dict, step: int) -> tuple[float, dict, dict]:

@@ -36,7 +36,7 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
     if session.task is None or session.task.sft_examples is None:
         raise ValueError(f"the demo needs a task with SFT data; data.task={config.data.task!r}")
     c = config
-    eval_rows = list(session.eval_rows[: c.eval.num_prompts])
+    eval_rows = session.eval_subset()
     pairs = session.task.sft_examples(c.sft.batch_size * 200, c.seed + 7)
     data = sft.encode_pairs(pairs, session.tokenizer, session.prompt_len, session.max_new,
                             render=session.render)

@@ -80,10 +80,11 @@ def frozen_copy(params, dtype: str | None = None):
     return jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)) if dtype else x.copy(), params)
 
 
-def build_value_params(config: Config, policy: models.Model, mesh):
+def build_value_params(config: Config, policy: models.Model, mesh, *, backbone=None):
     """PPO's value model: a value-model directory (`algorithm.value_path`, backbone + head,
-    `models.load_value_model`; a reward-model export is one), or
-    the initial policy's backbone with a fresh zero head."""
+    `models.load_value_model`; a reward-model export is one), or a copy of the initial
+    policy's backbone (`backbone`, default `policy.params`) with a fresh zero head."""
+    backbone = policy.params if backbone is None else backbone
     if config.algorithm.value_path is not None:
         from jaxrl_lrm.models.value_model import load_value_model
 
@@ -94,7 +95,7 @@ def build_value_params(config: Config, policy: models.Model, mesh):
             raise ValueError(f"algorithm.value_path={config.algorithm.value_path!r}: its model "
                              "shape differs from the policy's; expected the same backbone")
         return frozen_copy(model.params)
-    value = models.with_value_head(policy.replace(params=frozen_copy(policy.params)))
+    value = models.with_value_head(policy.replace(params=frozen_copy(backbone)))
     from jaxrl_lrm import sharding
 
     return sharding.on_mesh(value.params, mesh)

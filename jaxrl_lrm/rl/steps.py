@@ -211,12 +211,27 @@ def sft_update(state: TrainState, batch: dict, *, config: ModelConfig, optimizer
 _JITTED: dict = {}
 
 
-def jitted(fn, *, static_argnames: tuple[str, ...], donate_argnums=()):
-    """`jax.jit(fn)` created once per function object, so repeated runs in one process (tests,
-    the demo's stages) reuse compiled programs instead of recompiling identical ones."""
-    key = (fn, static_argnames, donate_argnums)
+def jitted(fn, *, static_argnames: tuple[str, ...], donate_argnums=(), state_shardings=None):
+    """`jax.jit(fn)` created once per function object (and output layout), so repeated runs in
+    one process (tests, the demo's stages) reuse compiled programs instead of recompiling.
+
+    With `state_shardings` (the shardings of a `TrainState` argument), the function's first
+    output keeps exactly that layout and its second (metrics) is replicated: the updated state
+    then matches its input, so the next step (and the sampler reading its parameters) hits the
+    compiled program instead of compiling again for a layout the compiler chose.
+    """
+    out_shardings, layout_key = None, None
+    if state_shardings is not None:
+        leaves, treedef = jax.tree.flatten(state_shardings)
+        mesh = leaves[0].mesh
+        out_shardings = (state_shardings,
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        layout_key = (tuple(leaves), treedef)
+    key = (fn, static_argnames, donate_argnums, layout_key)
     if key not in _JITTED:
-        _JITTED[key] = jax.jit(fn, static_argnames=static_argnames, donate_argnums=donate_argnums)
+        kw = {} if out_shardings is None else {"out_shardings": out_shardings}
+        _JITTED[key] = jax.jit(fn, static_argnames=static_argnames,
+                               donate_argnums=donate_argnums, **kw)
     return _JITTED[key]
 
 

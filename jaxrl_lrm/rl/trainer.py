@@ -61,13 +61,16 @@ class Session:
 
     # ----------------------------------------------------------------- data
     def _sources(self):
-        c = self.config
-        if self.task is not None:
-            return (self.task.generate(max(c.train.prompts_per_step * 64, 1024), c.seed),
-                    self.task.generate(c.data.eval_size, c.seed + 1_000_003))
         from jaxrl_lrm.data import sources
 
-        return sources.make_source(c.data, "train"), sources.make_source(c.data, "eval")
+        c = self.config
+        return (sources.make_source(c.data, "train", seed=c.seed),
+                sources.make_source(c.data, "eval", seed=c.seed))
+
+    def eval_subset(self, n: int | None = None) -> list[dict]:
+        """The first `n` (default `eval.num_prompts`) held-out rows."""
+        n = self.config.eval.num_prompts if n is None else n
+        return [self.eval_rows[i] for i in range(min(n, len(self.eval_rows)))]
 
     def render(self, question: str) -> str:
         from jaxrl_lrm.data.templates import render_prompt
@@ -88,7 +91,10 @@ class Session:
         return texts, ids_BP, mask_BP
 
     def decode(self, tokens_BT: np.ndarray, mask_BT: np.ndarray) -> list[str]:
-        return [self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
+        # A model's vocabulary is often padded past the tokenizer's (Qwen: 151,936 embeddings
+        # for 151,665 tokens); ids with no text decode to nothing.
+        n = self.tokenizer.vocab_size
+        return [self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m and t < n])
                 for row, mrow in zip(tokens_BT, mask_BT)]
 
     # ----------------------------------------------------------------- device
@@ -142,7 +148,7 @@ class Session:
         return extract_answer(completion)
 
     def evaluate(self, params, rng=None, rows=None) -> tuple[dict, list]:
-        rows = list(self.eval_rows[: self.config.eval.num_prompts]) if rows is None else rows
+        rows = self.eval_subset() if rows is None else rows
         rng = jax.random.fold_in(self.base_rng, 999_983) if rng is None else rng
         return evaluation.evaluate(
             rows, complete=lambda rs, t, n: self.complete(params, rs, t, n, rng),
@@ -235,19 +241,28 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
     updates_per_step = c.train.ppo_epochs * c.train.minibatches
-    # The state owns a copy: its buffers are donated to each update, while the session's
-    # initial parameters stay valid as the reference model.
-    state, optimizer, schedule = make_train_state(session, setup.frozen_copy(session.policy.params),
-                                                  c.train.steps * updates_per_step, c.train.lr)
     # The reference is the initial policy, rebuilt identically on resume (same seed or path).
+    # The update donates the state's buffers, so the state and the reference never share
+    # arrays: with a same-dtype reference the state gets a copy; otherwise the state takes the
+    # session's initial parameters over (and the reference, if any, is a cast copy), so a
+    # bfloat16 reference really costs half a model, not one and a half.
+    policy_params = session.policy.params
     ref_params = None
-    if spec.beta > 0:
-        ref_params = session.policy.params if c.model.ref_dtype in (None, c.model.dtype) \
-            else setup.frozen_copy(session.policy.params, c.model.ref_dtype)
+    if spec.beta > 0 and c.model.ref_dtype in (None, c.model.dtype):
+        ref_params, init_params = policy_params, setup.frozen_copy(policy_params)
+    else:
+        if spec.beta > 0:
+            ref_params = setup.frozen_copy(policy_params, c.model.ref_dtype)
+        init_params = policy_params
+        session.policy = session.policy.replace(params=None)
+    state, optimizer, schedule = make_train_state(session, init_params,
+                                                  c.train.steps * updates_per_step, c.train.lr)
+    del policy_params, init_params
     vstate = value_optimizer = None
     if spec.uses_value:  # PPO: a value model on the same mesh, with its own optimizer
         vstate, value_optimizer, _ = make_train_state(
-            session, setup.build_value_params(c, session.policy, session.mesh),
+            session, setup.build_value_params(c, session.policy, session.mesh,
+                                              backbone=state.params),
             c.train.steps * updates_per_step, c.algorithm.value_lr or c.train.lr)
     kl_ctrl = kl_state = None
     if c.algorithm.kl_target is not None and spec.kl_in_reward and spec.beta > 0:
@@ -269,7 +284,8 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     logger = MetricsLogger(run_dir, total_steps=c.train.steps, enabled=is_main and not quiet,
                            resume_step=start_step)
     update_fn = functools.partial(
-        steps.jitted(steps.rl_update, static_argnames=steps.UPDATE_STATIC, donate_argnums=0),
+        steps.jitted(steps.rl_update, static_argnames=steps.UPDATE_STATIC, donate_argnums=0,
+                     state_shardings=_shardings(state)),
         config=session.model_config, spec=spec, optimizer=optimizer,
         epochs=c.train.ppo_epochs, minibatches=c.train.minibatches,
         micro_batches=c.train.micro_batches, prompt_len=session.prompt_len,
@@ -282,7 +298,7 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     if vstate is not None:
         value_update_fn = functools.partial(
             steps.jitted(steps.value_update, static_argnames=steps.VALUE_STATIC,
-                         donate_argnums=0),
+                         donate_argnums=0, state_shardings=_shardings(vstate)),
             config=session.model_config, optimizer=value_optimizer, epochs=c.train.ppo_epochs,
             minibatches=c.train.minibatches, micro_batches=c.train.micro_batches,
             prompt_len=session.prompt_len, clip=spec.value_clip)
@@ -347,6 +363,10 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
     if is_main and not quiet:
         plot_run(run_dir)
     return RunResult(metrics=metrics, params=state.params, session=session, history=history)
+
+
+def _shardings(tree):
+    return jax.tree.map(lambda x: x.sharding, tree)
 
 
 def _ckpt_tree(state: steps.TrainState, vstate: steps.TrainState | None) -> dict:
