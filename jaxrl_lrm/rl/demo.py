@@ -22,6 +22,17 @@ from jaxrl_lrm.rl import setup, sft, trainer
 from jaxrl_lrm.rl.logging import MetricsLogger, plot_run
 
 
+def fresh_dir(path: Path) -> Path:
+    """`path` if it is new or empty, else the first free `path-2`, `path-3`, ...: the demo
+    compares stages from one fresh start, so it never resumes (or overwrites) an earlier run."""
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
 def _mean_last(values: list[float], n: int = 3) -> float:
     return float(np.mean(values[-n:])) if values else float("nan")
 
@@ -29,8 +40,8 @@ def _mean_last(values: list[float], n: int = 3) -> float:
 def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) -> dict:
     """Runs the three stages and returns the summary written to `demo_summary.json`."""
     t_start = time.monotonic()
-    run_dir = Path(run_dir or config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_dir(Path(run_dir or config.run_dir))
+    out(f"[demo] run directory: {run_dir}")
     save_config(config, run_dir / "config.yaml")
     session = trainer.Session(config)
     if session.task is None or session.task.sft_examples is None:
@@ -95,6 +106,7 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
     _, samples = session.evaluate(result.params, rows=eval_rows[:4])
     _, sft_samples = session.evaluate(sft_params, rows=eval_rows[:4])
     summary = {
+        "run_dir": str(run_dir),
         "sft_accuracy": sft_acc, "control_accuracy": control_acc, "rl_accuracy": rl_acc,
         "rl_gain_points": 100 * (rl_acc - sft_acc),
         "rl_vs_control_points": 100 * (rl_acc - control_acc),
@@ -106,6 +118,7 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
     with open(run_dir / "demo_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     plot_run(run_dir / "rl", run_dir / "reward.png")
+    plot_comparison(summary, run_dir / "demo.png")
     out("")
     out("| stage | held-out greedy accuracy |")
     out("|---|---|")
@@ -117,6 +130,31 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
         out(f"  {prompt!s:>10} SFT -> {before!r:8}  GRPO -> {after!r:8} {'ok' if ok else 'wrong'}")
     out(f"\n[demo] {summary['seconds']:.0f}s in all; summary in {run_dir / 'demo_summary.json'}")
     return summary
+
+
+def plot_comparison(summary: dict, out: Path) -> None:
+    """Held-out greedy accuracy of GRPO and of the continued-SFT control over the same wall
+    time, with the SFT starting point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, seconds, label in (("rl_evals", "rl_seconds", "GRPO, verifiable reward"),
+                                ("control_evals", "control_seconds", "control: more SFT")):
+        ys = summary[key]
+        xs = [summary[seconds] * (i + 1) / len(ys) for i in range(len(ys))]
+        ax.plot(xs, ys, "o-", label=label)
+    ax.axhline(summary["sft_accuracy"], color="gray", ls="--", label="after SFT (start)")
+    ax.set_xlabel("seconds of training after SFT")
+    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 class _Null:

@@ -54,7 +54,7 @@ def build_tokenizer(config: Config, task: TaskInfo | None):
 
     if config.model.path is not None:
         return load_tokenizer(config.model.path)
-    return CharTokenizer((task.alphabet if task and task.alphabet else DEFAULT_ALPHABET))
+    return CharTokenizer(task.alphabet if task and task.alphabet else DEFAULT_ALPHABET)
 
 
 def build_policy(config: Config, tokenizer, mesh) -> models.Model:
