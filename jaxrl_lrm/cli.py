@@ -64,13 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir_of(path: str) -> Path:
-    path = Path(path)
-    if path.name == "checkpoints":
-        path = path.parent
-    if not (path / "config.yaml").is_file():
-        raise ValueError(f"{str(path)!r} is not a run directory (no config.yaml in it); "
-                         "expected the run_dir of a `jaxrl-lrm train` run")
-    return path
+    from jaxrl_lrm.rl.stages import run_dir_of
+
+    return run_dir_of(path)
 
 
 def restore_policy(run_dir: Path, step: int | None, overrides=()):

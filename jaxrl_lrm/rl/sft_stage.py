@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lrm import losses, sharding
+from jaxrl_lrm import sharding
 from jaxrl_lrm.config import Config
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.rl import sft, stages, steps
@@ -46,14 +46,9 @@ def encode(config: Config, pairs, tokenizer, render) -> dict:
 
 def token_stats(params, model_config, batch: dict) -> dict:
     """Per row: summed completion NLL, target-token count and greedy-correct token count."""
-    tokens, attn, lmask = batch["tokens_BL"], batch["attn_BL"], batch["loss_mask_BL"]
-    hidden, _ = transformer.forward_hidden(params, model_config, tokens, kv_mask_BS=attn)
-    logp, _ = losses.chunked_token_logprobs(
-        hidden[:, :-1], transformer.output_embedding(params, model_config), tokens[:, 1:],
-        chunk_size=2048)
-    m = lmask[:, 1:].astype(jnp.float32)
+    logp, m, hidden = steps.next_token_logprobs(params, model_config, batch)
     pred = jnp.argmax(transformer.hidden_to_logits(params, model_config, hidden[:, :-1]), -1)
-    hit = (pred == tokens[:, 1:]).astype(jnp.float32) * m
+    hit = (pred == batch["tokens_BL"][:, 1:]).astype(jnp.float32) * m
     return {"nll": -(logp * m).sum(1), "tokens": m.sum(1), "hits": hit.sum(1)}
 
 

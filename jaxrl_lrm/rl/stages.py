@@ -252,6 +252,17 @@ def run_stage(config: Config, *, run_dir: Path, mesh, params, loss_fn, train_dat
 # --------------------------------------------------------------------------- chaining
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of `path` (a run directory or its `checkpoints/`)."""
+    run_dir = Path(path)
+    if run_dir.name == "checkpoints":
+        run_dir = run_dir.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"run_dir={str(run_dir)!r}: no config.yaml in it; expected the run "
+                         "directory of a `jaxrl-lrm train` run")
+    return run_dir
+
+
 def restore_params(run_dir: str | Path, step: int | None = None, *, mesh=None):
     """`(config, tokenizer, model, step)`: the trained model of any stage's run directory.
 
@@ -261,12 +272,7 @@ def restore_params(run_dir: str | Path, step: int | None = None, *, mesh=None):
     from jaxrl_lrm import checkpoint
     from jaxrl_lrm.config import load_config
 
-    run_dir = Path(run_dir)
-    if run_dir.name == "checkpoints":
-        run_dir = run_dir.parent
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"run_dir={str(run_dir)!r}: no config.yaml in it; expected the run "
-                         "directory of a `jaxrl-lrm train` run")
+    run_dir = run_dir_of(run_dir)
     config = load_config(run_dir / "config.yaml")
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     if config.stage == "reward_model":

@@ -192,14 +192,20 @@ def sft_loss(params, config: ModelConfig, batch: dict):
 
     `tokens_BL` is a left-padded prompt followed by the completion (right-padded); position
     t's logits predict token t + 1, and only completion tokens (and their EOS) are targets."""
+    logp, m, _ = next_token_logprobs(params, config, batch)
+    loss = -losses.aggregate(logp, m, "token-mean")
+    return loss, {"sft/loss": loss}
+
+
+def next_token_logprobs(params, config: ModelConfig, batch: dict):
+    """`(logp [B, L-1], target mask [B, L-1], hidden [B, L, D])` of every next token of
+    `tokens_BL`, the mask being `loss_mask_BL` shifted onto the targets."""
     tokens, attn, lmask = batch["tokens_BL"], batch["attn_BL"], batch["loss_mask_BL"]
     hidden, _ = transformer.forward_hidden(params, config, tokens, kv_mask_BS=attn)
     logp, _ = losses.chunked_token_logprobs(
         hidden[:, :-1], transformer.output_embedding(params, config), tokens[:, 1:],
         chunk_size=2048)
-    m = lmask[:, 1:].astype(jnp.float32)
-    loss = -losses.aggregate(logp, m, "token-mean")
-    return loss, {"sft/loss": loss}
+    return logp, lmask[:, 1:].astype(jnp.float32), hidden
 
 
 def sft_update(state: TrainState, batch: dict, *, config: ModelConfig, optimizer):
