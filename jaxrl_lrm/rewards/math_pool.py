@@ -27,6 +27,9 @@ import jaxrl_lrm
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jaxrl_lrm.__file__)))
 
 
+STARTUP_TIMEOUT_S = 60.0
+
+
 class _Worker:
     """One SymPy subprocess and its read buffer; used by one thread at a time."""
 
@@ -60,6 +63,19 @@ class _Worker:
                 raise EOFError("worker exited")
             self.buf += chunk
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Blocks until the worker has imported SymPy (its `ready` line), up to `timeout_s`."""
+        if self.ready:
+            return True
+        try:
+            for line in self._lines(time.monotonic() + timeout_s):
+                if line == b"ready":
+                    self.ready = True
+                    return True
+        except (OSError, EOFError):
+            pass
+        return False
+
     def request(self, pred: str, gold: str, deadline: float) -> bool | None:
         """The worker's verdict, or `None` if `deadline` passed first."""
         self.proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
@@ -92,8 +108,14 @@ class _Pool:
         self.pid = os.getpid()
         self.size = size
         self.idle: queue.Queue[_Worker] = queue.Queue()
-        for _ in range(size):
-            self.idle.put(_Worker())
+        workers = [_Worker() for _ in range(size)]  # start them all, then wait for each
+        for w in workers:
+            # A new pool's start-up (importing SymPy, ~1 s) is not charged to the first
+            # comparisons: without this wait the first symbolic checks of a process would
+            # time out and count a right answer as wrong. Replacements of killed workers
+            # start while the others serve.
+            w.wait_ready(STARTUP_TIMEOUT_S)
+            self.idle.put(w)
 
     def compare(self, pred: str, gold: str, deadline: float) -> bool | None:
         try:
