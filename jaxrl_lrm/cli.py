@@ -6,8 +6,9 @@
     jaxrl-lrm demo [--run-dir DIR]
 
 Several hosts: every process runs the same command with `--coordinator-address HOST:PORT
---num-processes N --process-id I` (on a TPU pod, `--distributed` alone initialises from the
-environment).
+--num-processes N --process-id I`. On a multi-host TPU slice no flag is needed: the TPU runtime's
+environment is detected and `jax.distributed.initialize()` reads it (`--distributed` forces that
+path elsewhere).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +31,16 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
                    help="initialise jax.distributed from the environment (TPU pods)")
 
 
+def on_multihost_tpu(env=None) -> bool:
+    """Whether this process is one worker of a multi-host TPU slice (the TPU VM runtime lists
+    every worker in TPU_WORKER_HOSTNAMES)."""
+    env = os.environ if env is None else env
+    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1
+
+
 def _init_distributed(args) -> None:
     flags = (args.coordinator_address, args.num_processes, args.process_id)
-    if any(f is not None for f in flags) or args.distributed:
+    if any(f is not None for f in flags) or args.distributed or on_multihost_tpu():
         from jaxrl_lrm import sharding
 
         sharding.initialize_distributed(*flags)

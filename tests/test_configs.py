@@ -47,3 +47,11 @@ def test_dotted_overrides_and_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(smoke, ["train.steps"])
+
+
+def test_multihost_tpu_detection():
+    from jaxrl_lrm.cli import on_multihost_tpu
+
+    assert on_multihost_tpu({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+    assert not on_multihost_tpu({"TPU_WORKER_HOSTNAMES": "10.0.0.2"})  # a single-host slice
+    assert not on_multihost_tpu({})
