@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_lrm import losses
@@ -91,20 +92,32 @@ def resolve(section) -> AlgorithmSpec:
 
 def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array,
                kl_BT: jax.Array | None = None, values_BT: jax.Array | None = None,
-               beta: jax.Array | float | None = None):
+               beta: jax.Array | float | None = None,
+               token_rewards_BT: jax.Array | None = None):
     """Advantages for one batch: `[B]` for outcome-level estimators, `[B, T]` for token-level.
 
     `kl_BT` (policy minus reference log-prob per token) is needed when `spec.kl_in_reward`;
     `values_BT` when the estimator is GAE; `beta` overrides `spec.beta` (the adaptive KL
     controller's current coefficient). GAE returns `(advantages, returns)`.
+
+    `token_rewards_BT` are dense (process) rewards from token-level reward functions, already
+    weighted. Token-level estimators (`reinforce_pp`, `gae`) use
+    `r_t = outcome_token_rewards(rewards_B)_t + token_rewards_BT[t] - beta * kl_BT[t]`
+    (all masked); outcome estimators (`group`, `rloo`) sum them per row first,
+    `r = rewards_B + sum_t mask_t * token_rewards_BT[t]`, and take the group baseline of that.
+    `None` (the default) leaves every estimator exactly as without dense rewards.
     """
     beta = spec.beta if beta is None else beta
+    if token_rewards_BT is not None and spec.advantage in ("group", "rloo"):
+        rewards_B = rewards_B + jnp.sum(token_rewards_BT * mask_BT, axis=-1)
     if spec.advantage == "group":
         return losses.group_advantages(rewards_B, spec.group_size,
                                        std_normalize=spec.std_normalize)
     if spec.advantage == "rloo":
         return losses.rloo_advantages(rewards_B, spec.group_size)
     token_rewards = losses.outcome_token_rewards(rewards_B, mask_BT)
+    if token_rewards_BT is not None:
+        token_rewards = token_rewards + token_rewards_BT * mask_BT
     if spec.kl_in_reward and kl_BT is not None:
         token_rewards = token_rewards - beta * kl_BT * mask_BT
     if spec.advantage == "reinforce_pp":

@@ -19,7 +19,10 @@ Reported:
   FLOPs with attention, see `bench._util`) / the fp32 matmul peak of the same run.
 - `host_exposed_frac`: host time the device sits idle, max(0, decode + reward - the device
   work dispatched before them (reference and old log-probs)) / step time.
-- `vs_trl`, `vs_tunix`: null unless the peer is importable (they are not installed here).
+- `vs_trl`, `vs_tunix`: the peer's step time over ours, both measured in this run on the same
+  shape, batch and lengths (`--vs-trl`: TRL's `GRPOTrainer` via `bench.peers`, its details in
+  the JSON's `peers`); null without the flag, when the peer is not importable, and always for
+  Tunix (no runner: `google-tunix` would replace the installed transformers).
 
 The random-weight policy samples any of the 8192 ids, so the character tokenizer is wrapped
 to decode ids past its alphabet onto it (as a real 8192-token vocabulary would decode them);
@@ -99,7 +102,7 @@ def build(config: Config) -> dict:
         epochs=c.train.ppo_epochs, minibatches=c.train.minibatches,
         micro_batches=c.train.micro_batches, prompt_len=session.prompt_len,
         temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens)
-    executor = RewardExecutor(session.reward_fns, num_workers=c.rewards.num_workers,
+    executor = RewardExecutor(session.scalar_reward_fns, num_workers=c.rewards.num_workers,
                               timeout_s=c.rewards.timeout_s)
     need_old = c.train.ppo_epochs * c.train.minibatches > 1 or session.spec.tis_max is not None
     return {"session": session, "state": state, "ref_params": ref_params,
@@ -171,14 +174,27 @@ def step_flops(parts: dict, mean_len: float) -> dict:
             "update": _util.train_flops(c, B, P + T, T)}
 
 
-def _peer_ratio(name: str, module: str, wanted: bool, step_s: float) -> float | None:
-    """Same-run peer comparison; null when the peer is not importable (no runner ships)."""
-    if importlib.util.find_spec(module) is None:
-        if wanted:
-            print(f"  --vs-{name}: {module!r} is not installed; vs_{name} = null")
+def peer_step(name: str, wanted: bool, config: Config, parts: dict,
+              repeats: int) -> dict | None:
+    """The peer's GRPO step on the same shape, batch and lengths, timed in this process
+    (`bench.peers`); None when not `wanted` or the peer is not importable."""
+    if not wanted:
         return None
-    print(f"  {module!r} is importable, but this benchmark has no {name} runner; vs_{name} = null")
-    return None
+    module = {"trl": "trl", "tunix": "tunix"}[name]
+    if importlib.util.find_spec(module) is None:
+        print(f"  --vs-{name}: {module!r} is not installed; vs_{name} = null")
+        return None
+    if name == "tunix":
+        print("  --vs-tunix: no Tunix runner (google-tunix would replace the installed "
+              "transformers; see bench.peers); vs_tunix = null")
+        return None
+    from jaxrl_lrm.bench import peers
+
+    s = parts["session"]
+    return peers.trl_grpo_step_time(
+        model_config=s.model_config, prompts=config.train.prompts_per_step,
+        group=s.spec.group_size, new_tokens=s.max_new, prompt_len=s.prompt_len,
+        repeats=repeats, beta=s.spec.beta, lr=config.train.lr)
 
 
 def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
@@ -215,6 +231,8 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
                     "logprob": _util.cache_size(parts["session"].logprob_fn)}
     finally:
         parts["executor"].close()
+    peers = {name: peer_step(name, wanted, config, parts, a.repeats)
+             for name, wanted in (("trl", a.vs_trl), ("tunix", a.vs_tunix))}
     update_s = float(np.median([m["time/update_s"] for m in loop]))
     lengths = phases.pop("response_lengths")
     flops = step_flops(parts, float(lengths.mean()))
@@ -230,8 +248,7 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "step_s": step_s,
         "floor_ratio": float(np.median([w / f for w, f in zip(walls, floors)])),
         "host_exposed_frac": exposed / step_s,
-        "vs_trl": _peer_ratio("trl", "trl", a.vs_trl, step_s),
-        "vs_tunix": _peer_ratio("tunix", "tunix", a.vs_tunix, step_s),
+        **{f"vs_{k}": (p["step_s"] / step_s if p else None) for k, p in peers.items()},
         **{k: v for k, v in phases.items() if k.endswith("_s") and "compile" not in k},
         "update_s": update_s,
         "loop_sample_s": float(np.median([m["time/sample_s"] for m in loop])),
@@ -244,6 +261,10 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     }
     _util.print_table(summary, f"grpo_step {a.preset}: {a.prompts} x {a.group} x "
                                f"{a.new_tokens} tokens, vocab {a.vocab_size}")
+    for name, p in peers.items():
+        if p:
+            _util.print_table({k: v for k, v in p.items() if not isinstance(v, list)},
+                              f"{name} GRPO step, same shape and batch, this run")
     return {
         "summary": summary,
         "config": vars(a) | {"quick": quick, "params": parts["session"].model_config.num_params},
@@ -255,6 +276,7 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "compiled_versions": compiled,
         "device_phases_s": device_s,
         "unaccounted_s": step_s - device_s - exposed,
+        "peers": peers,
         "recorded_peer_ratio": {k: v / step_s for k, v in RECORDED_PEERS_S.items()} if full else {},
         "recorded_peer_note": "peer times from BENCHMARKS.md (earlier runs, not this one)",
         "loop_metrics": loop,

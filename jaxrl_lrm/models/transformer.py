@@ -22,6 +22,7 @@ import numpy as np
 from jaxrl_lrm.models.config import ModelConfig
 
 Params = dict
+UNROLL_MAX_LAYERS = 8  # shallower models run their layers as a Python loop (see forward_hidden)
 _NEG = -1e30  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
 
 
@@ -126,16 +127,32 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * xf.astype(x.dtype)
 
 
+def _dense(x, w):
+    """`x[..., D] @ w[D, *out]` as one plain 2-D matmul `[rows, D] @ [D, prod(out)]`.
+
+    Reshaping the (contiguous) weight is free; XLA:CPU runs 2-D dots much better than the
+    multi-dimensional einsums they replace, whose weight gradients needed transposes."""
+    d = w.shape[0]
+    y = jnp.dot(x.reshape(-1, d), w.reshape(d, -1))
+    return y.reshape(*x.shape[:-1], *w.shape[1:])
+
+
 def _attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+    """Grouped-query attention with the G query heads of a KV head stacked along the query
+    axis, so both products are batched matmuls over `[B, K]` with no broadcast of K/V."""
     B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
-    q = q_BTNH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH,
+    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    G = N // K
+    q = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+    k = k_BSKH.transpose(0, 2, 1, 3)  # [B,K,S,H]
+    v = v_BSKH.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqh,bksh->bkqs", q, k,
                         preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores = scores.reshape(B, K, G, T, S)
     scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH)
-    return out.reshape(B, T, N, H)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B, K, G * T, S)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs, v)  # [B,K,G*T,H]
+    return out.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
 def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_cache, v_cache,
@@ -143,9 +160,9 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_c
     """One transformer block. Returns the new residual stream and the updated layer cache."""
     c = config
     h = rms_norm(x_BTD, lp["attn_norm"], c.norm_eps)
-    q = jnp.einsum("btd,dnh->btnh", h, lp["wq"])
-    k = jnp.einsum("btd,dkh->btkh", h, lp["wk"])
-    v = jnp.einsum("btd,dkh->btkh", h, lp["wv"])
+    q = _dense(h, lp["wq"])
+    k = _dense(h, lp["wk"])
+    v = _dense(h, lp["wv"])
     if c.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     if c.qk_norm:
@@ -160,11 +177,12 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_c
                                                       cache_index, axis=1)
         k, v = k_cache, v_cache
     attn = _attention(q, k, v, mask_BTS)
-    x_BTD = x_BTD + jnp.einsum("btnh,nhd->btd", attn, lp["wo"])
+    B, T = attn.shape[:2]
+    x_BTD = x_BTD + _dense(attn.reshape(B, T, -1), lp["wo"].reshape(-1, c.d_model))
     h = rms_norm(x_BTD, lp["mlp_norm"], c.norm_eps)
-    gate = jnp.einsum("btd,df->btf", h, lp["w_gate"])
-    up = jnp.einsum("btd,df->btf", h, lp["w_up"])
-    x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["w_down"])
+    gate = _dense(h, lp["w_gate"])
+    up = _dense(h, lp["w_up"])
+    x_BTD = x_BTD + _dense(jax.nn.silu(gate) * up, lp["w_down"])
     return x_BTD, k_cache, v_cache
 
 
@@ -203,7 +221,12 @@ def forward_hidden(params: Params, config: ModelConfig, tokens_BT: jax.Array, *,
     inv_freq = rope_inv_freq(config)
     x = params["embed"][tokens_BT]
 
-    if cache is None:
+    if cache is None and config.n_layers <= UNROLL_MAX_LAYERS:
+        for i in range(config.n_layers):
+            lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
+            x, _, _ = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, None, None, 0)
+        new_cache = None
+    elif cache is None:
         def body(x, lp):
             x, _, _ = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, None, None, 0)
             return x, None

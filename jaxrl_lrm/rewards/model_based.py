@@ -311,6 +311,18 @@ class PRMScorer:
                              f"step_splitter={self.step_splitter!r}: expected the same count")
         return [float(s) for s in result.step_scores]
 
+    def as_token_level(self) -> Callable:
+        """This PRM as a token-level reward function (`rewards.dense.TokenLevelReward`): per
+        completion, `[(step_end_char, step_score) for each step]`, which the trainer places on
+        the token ending each step and feeds to GAE / REINFORCE++ as dense rewards."""
+
+        def prm_token_level(prompts: list[str], completions: list[str], **_):
+            return [[(int(end), float(s)) for (_, end), s in zip(r.steps, r.step_scores)]
+                    for r in self.score(prompts, completions)]
+
+        prm_token_level.token_level = True
+        return prm_token_level
+
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
         out = []
         for r in self.score(prompts, completions):

@@ -5,18 +5,25 @@ advantages.
 Overlap: the reference and old-policy log-prob passes are dispatched to the device right after
 sampling and run while the host decodes and scores rewards (with DAPO's dynamic sampling they
 wait for the selection instead, since they are computed only for the groups kept).
+
+Dense rewards: reward functions with `token_level = True` (`rewards.dense.TokenLevelReward`)
+skip the executor's pool and run here, in-process; their `(char_end, reward)` pairs land on the
+completion token holding character `char_end - 1` (`rewards.dense.char_rewards_to_tokens`),
+weighted, as `Rollout.dense_NT`, which `algorithms.advantages(token_rewards_BT=...)` consumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 
 import jax
 import numpy as np
 
 from jaxrl_lrm import algorithms, sharding
+from jaxrl_lrm.rewards.dense import char_rewards_to_tokens
 
 
 @dataclasses.dataclass
@@ -35,6 +42,7 @@ class Rollout:
     rstats: dict
     dev: dict | None = None  # tokens_BL / attn_BL on the device
     pending: dict | None = None  # device log-probs dispatched before scoring
+    dense_NT: np.ndarray | None = None  # weighted token-level rewards; None: none configured
 
     def take(self, idx: np.ndarray) -> Rollout:
         return Rollout(
@@ -42,7 +50,14 @@ class Rollout:
             mask_NP=self.mask_NP[idx], toks_NT=self.toks_NT[idx], smask_NT=self.smask_NT[idx],
             slogp_NT=self.slogp_NT[idx], completions=[self.completions[i] for i in idx],
             total=self.total[idx], per_fn={k: v[idx] for k, v in self.per_fn.items()},
-            rstats=self.rstats)
+            rstats=self.rstats, dense_NT=None if self.dense_NT is None else self.dense_NT[idx])
+
+    @property
+    def outcome(self) -> np.ndarray:
+        """[N] the reward a group baseline sees: `total` plus each row's dense-reward sum."""
+        if self.dense_NT is None:
+            return self.total
+        return self.total + self.dense_NT.sum(axis=1)
 
 
 def _columns(rows: list[dict], group: int) -> dict:
@@ -61,7 +76,57 @@ def _concat(parts: list[Rollout]) -> Rollout:
         completions=sum((p.completions for p in parts), []),
         total=cat([p.total for p in parts]),
         per_fn={k: cat([p.per_fn[k] for p in parts]) for k in parts[0].per_fn},
-        rstats={k: sum(p.rstats.get(k, 0.0) for p in parts) for k in parts[0].rstats})
+        rstats={k: sum(p.rstats.get(k, 0.0) for p in parts) for k in parts[0].rstats},
+        dense_NT=None if parts[0].dense_NT is None else cat([p.dense_NT for p in parts]))
+
+
+_LOGGED: set[str] = set()
+log = logging.getLogger(__name__)
+
+
+def dense_rewards(tokenizer, toks_NT: np.ndarray, smask_NT: np.ndarray, completions: list[str],
+                  prompts: list[str], columns: dict, token_fns: list
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """Token-level rewards of a batch: `(dense_NT [N, T] float32, {name: [N] row sums},
+    {"errors/<name>": count})`. A function that raises (or returns the wrong number of rows)
+    gives 0 for the batch, is counted and logged once with its traceback, like a failing scalar
+    reward in the executor.
+
+    Each `(name, fn, weight)` is called as `fn(prompts, completions, **columns)`; its pairs are
+    placed on the completion's tokens (`char_rewards_to_tokens`, over the ids `Session.decode`
+    keeps: masked and inside the tokenizer's vocabulary) and `weight * reward` is added to
+    `dense_NT`; the per-function sums are unweighted. Zero where the mask is 0.
+
+    """
+    N = len(completions)
+    dense = np.zeros(toks_NT.shape, np.float32)
+    per_fn = {}
+    keep_NT = (smask_NT != 0) & (toks_NT < tokenizer.vocab_size)
+    errors = {}
+    for name, fn, weight in token_fns:
+        try:
+            out = fn(prompts, completions, **columns)
+            if len(out) != N:
+                raise ValueError(f"token-level reward {name!r} returned {len(out)} entries for "
+                                 f"{N} completions: expected one list of (char_end, reward) per "
+                                 "completion")
+        except Exception:  # like the executor: 0 for the batch, counted, logged once
+            errors[f"errors/{name}"] = float(N)
+            if name not in _LOGGED:
+                _LOGGED.add(name)
+                log.exception("token-level reward function %r raised (logged once)", name)
+            per_fn[name] = np.zeros(N, np.float32)
+            continue
+        sums = np.zeros(N, np.float32)
+        for i, pairs in enumerate(out):
+            if not pairs:
+                continue
+            cols = np.flatnonzero(keep_NT[i])
+            r = char_rewards_to_tokens(tokenizer, [int(t) for t in toks_NT[i, cols]], pairs)
+            dense[i, cols] += np.float32(weight) * r
+            sums[i] = r.sum()
+        per_fn[name] = sums
+    return dense, per_fn, errors
 
 
 def _device_tokens(session, r: Rollout) -> dict:
@@ -105,7 +170,16 @@ def sample_and_score(session, params, rows: list[dict], rng, executor, timings: 
     cols = _columns(rows, G)
     cols["group_size"] = [G] * len(r.completions)
     cols["completion_lengths"] = [int(m.sum()) for m in smask_h]
-    r.total, r.per_fn, r.rstats = executor.score(r.texts, r.completions, cols)
+    if executor is not None:
+        r.total, r.per_fn, r.rstats = executor.score(r.texts, r.completions, cols)
+    else:  # only token-level rewards are configured
+        r.total, r.per_fn, r.rstats = np.zeros(len(r.texts), np.float32), {}, {}
+    if session.token_reward_fns:
+        r.dense_NT, sums, errors = dense_rewards(session.tokenizer, toks_h, smask_h,
+                                                 r.completions, r.texts, cols,
+                                                 session.token_reward_fns)
+        r.per_fn |= sums
+        r.rstats = {**r.rstats, **errors}
     timings["time/reward_s"] = timings.get("time/reward_s", 0.0) + time.monotonic() - t1
     return r
 
@@ -115,7 +189,7 @@ def select_mixed_groups(parts: list[Rollout], n_groups: int, G: int) -> tuple[Ro
     there are fewer, the batch is filled with uniform groups (their advantages are exactly 0,
     so they add nothing to the gradient but keep the batch shape static)."""
     r = _concat(parts)
-    g = r.total.reshape(-1, G)
+    g = r.outcome.reshape(-1, G)
     mixed = np.flatnonzero(~np.all(g == g[:, :1], axis=1))
     uniform = np.flatnonzero(np.all(g == g[:, :1], axis=1))
     chosen = np.concatenate([mixed[:n_groups], uniform[: max(0, n_groups - len(mixed))]])
@@ -124,9 +198,9 @@ def select_mixed_groups(parts: list[Rollout], n_groups: int, G: int) -> tuple[Ro
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _advantages(spec, rewards_B, mask_BT, kl_BT, values_BT, beta):
+def _advantages(spec, rewards_B, mask_BT, kl_BT, values_BT, beta, token_rewards_BT=None):
     return algorithms.advantages(spec, rewards_B, mask_BT, kl_BT=kl_BT, values_BT=values_BT,
-                                 beta=beta)
+                                 beta=beta, token_rewards_BT=token_rewards_BT)
 
 
 def rl_step_batch(session, state, ref_params, rows: list[dict], step: int, executor,
@@ -177,7 +251,7 @@ def rl_step_batch(session, state, ref_params, rows: list[dict], step: int, execu
     beta = spec.beta if kl_coef is None else kl_coef
     # Advantages from this host's rows: whole groups live on one host, so group baselines are
     # exact; batch-level whitening (REINFORCE++, PPO) is per host on multi-host runs.
-    out = _advantages(spec, r.total, mask_BT, kl_BT, values_BT, np.float32(beta))
+    out = _advantages(spec, r.total, mask_BT, kl_BT, values_BT, np.float32(beta), r.dense_NT)
     adv, returns = (out if isinstance(out, tuple) else (out, None))
     batch = {**r.dev, "mask_BT": mask_BT, "adv": np.asarray(adv),
              "old_logp_BT": pend.get("old"), "sampler_logp_BT": r.slogp_NT,
@@ -194,10 +268,12 @@ def rl_step_batch(session, state, ref_params, rows: list[dict], step: int, execu
     metrics |= {"reward/mean": float(np.mean(r.total)), "reward/std": float(np.std(r.total)),
                 "response_length/mean": float(lengths.mean()),
                 "response_length/max": float(lengths.max()),
-                "groups/zero_variance_frac": algorithms.zero_variance_group_frac(r.total, G),
+                "groups/zero_variance_frac": algorithms.zero_variance_group_frac(r.outcome, G),
                 **{f"reward/{k}": float(np.mean(v)) for k, v in r.per_fn.items()},
                 **{f"reward_{k}": float(v) for k, v in r.rstats.items() if k != "time_s"},
                 **timings}
+    if r.dense_NT is not None:
+        metrics["reward/dense_mean"] = float(np.mean(r.dense_NT.sum(axis=1)))
     samples = list(zip(r.texts[::G][:2], r.completions[::G][:2], r.total[::G][:2]))
     return sharding.shard_batch(batch, session.mesh), value_batch, metrics, samples
 

@@ -52,6 +52,11 @@ class Session:
         self.model_config = self.policy.config
         self.spec = algorithms.resolve(c.algorithm)
         self.reward_fns = setup.build_rewards(c, self.task)
+        from jaxrl_lrm.rewards.dense import is_token_level
+
+        # scalar functions go to the executor's pool; token-level ones (dense, PRM) run here
+        self.scalar_reward_fns = [t for t in self.reward_fns if not is_token_level(t[1])]
+        self.token_reward_fns = [t for t in self.reward_fns if is_token_level(t[1])]
         self.train_rows, self.eval_rows = self._sources()
         self.prompt_len = c.data.max_prompt_len
         self.max_new = c.sampling.max_new_tokens
@@ -134,8 +139,11 @@ class Session:
         return self.decode(sharding.host_rows(toks), sharding.host_rows(m))
 
     def correct(self, rows: list[dict], completions: list[str]) -> list[bool]:
-        """Correctness for evaluation: the first reward function gives >= 0.5."""
-        name, fn, _ = self.reward_fns[0]
+        """Correctness for evaluation: the first scalar reward function gives >= 0.5."""
+        if not self.scalar_reward_fns:
+            raise ValueError("evaluation needs a scalar reward function (rewards.functions "
+                             "lists only token-level ones)")
+        name, fn, _ = self.scalar_reward_fns[0]
         cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         scores = fn([r["prompt"] for r in rows], completions, **cols)
         return [float(s) >= 0.5 for s in scores]
@@ -292,8 +300,8 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
         temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens)
     preempted = _Preempted()
     old_handler = _install_sigterm(preempted)
-    executor = RewardExecutor(session.reward_fns, num_workers=c.rewards.num_workers,
-                              timeout_s=c.rewards.timeout_s)
+    executor = RewardExecutor(session.scalar_reward_fns, num_workers=c.rewards.num_workers,
+                              timeout_s=c.rewards.timeout_s) if session.scalar_reward_fns else None
     value_update_fn = None
     if vstate is not None:
         value_update_fn = functools.partial(
@@ -357,7 +365,8 @@ def train(config: Config, *, run_dir: str | Path | None = None, mesh=None,
                 break
     finally:
         ckpt.close()
-        executor.close()
+        if executor is not None:
+            executor.close()
         logger.close()
         signal.signal(signal.SIGTERM, old_handler) if old_handler is not None else None
     if is_main and not quiet:

@@ -1,0 +1,237 @@
+"""Peer GRPO steps timed in the same process as ours (`grpo_step --vs-trl`).
+
+`trl_grpo_step_time` runs TRL's `GRPOTrainer` (PyTorch, CPU, float32) on a random-weight
+`transformers.Qwen3ForCausalLM` with the shape of one of our `ModelConfig`s, the same batch
+(prompts x group completions), the same prompt and generation lengths, GRPO with the k3 KL to
+a reference model (`beta` 0.04, as ours) and one update per generation, and returns the median
+wall time of an optimizer step (the first step, warm-up, is excluded). Nothing is downloaded:
+the model is saved to and loaded from a temporary directory (TRL builds its reference model
+from the policy's path), and the tokenizer is a word-level `PreTrainedTokenizerFast` built in
+code whose ids `3..V-1` are the words `w3..w{V-1}`.
+
+Generation is forced to the full length (`min_new_tokens` = `new_tokens`, so EOS is never
+sampled before the end), which matches our benchmark, whose random policy samples EOS with
+probability ~1/V per token. TRL's default `gradient_checkpointing=True` is turned off by
+default (our update does not recompute activations, and at this size memory is no concern;
+recomputing would only slow the peer down).
+
+Tunix has no runner: `google-tunix` 0.1.7 would replace the installed transformers 5.24
+(and huggingface_hub, tokenizers, safetensors) with older versions, so it is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+
+from jaxrl_lrm.models.config import ModelConfig
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level `PreTrainedTokenizerFast` with `vocab_size` ids: `<pad>` 0, `<eos>` 1,
+    `<unk>` 2, then the words `w3 .. w{vocab_size-1}` (split on whitespace, no BOS added)."""
+    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size!r}: expected an int > {len(SPECIAL_TOKENS)}")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>")
+
+
+def hf_qwen3_config(config: ModelConfig):
+    """The `transformers.Qwen3Config` of a Qwen3-layout `ModelConfig` (pad 0, EOS 1)."""
+    if config.arch != "qwen3" or not config.qk_norm or config.qkv_bias:
+        raise ValueError(f"arch={config.arch!r}, qk_norm={config.qk_norm!r}, "
+                         f"qkv_bias={config.qkv_bias!r}: expected the Qwen3 layout "
+                         "('qwen3', qk_norm True, qkv_bias False)")
+    if config.rope_scaling is not None:
+        raise ValueError(f"rope_scaling={config.rope_scaling!r}: expected None (plain RoPE)")
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=config.vocab_size, hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim,
+        intermediate_size=config.mlp_dim, rope_theta=config.rope_theta,
+        rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
+        max_position_embeddings=config.max_seq_len, attention_dropout=0.0,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None)
+
+
+class _Clock:
+    """Wraps `obj.name` so each call's wall time is appended to `self.times` (and its result,
+    when `keep` is given, passed through `keep` into `self.kept`)."""
+
+    def __init__(self, obj, name: str, keep=None):
+        self.times: list[float] = []
+        self.kept: list = []
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.times.append(time.perf_counter() - t0)
+            if keep is not None:
+                self.kept.append(keep(out))
+            return out
+
+        setattr(obj, name, timed)
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int = 4,
+                       group: int = 8, new_tokens: int = 128, prompt_len: int = 16,
+                       repeats: int = 3, beta: float = 0.04, lr: float = 1e-6,
+                       gradient_checkpointing: bool = False, threads: int | None = None,
+                       seed: int = 0) -> dict:
+    """Times TRL's GRPO step on a random-weight Qwen3 model of `model_config`'s shape.
+
+    Args:
+        model_config: the shape (default: the `bench-cpu` preset, vocab 8192).
+        prompts: prompts per step.
+        group: completions per prompt (`num_generations`).
+        new_tokens: completion length (forced: `min_new_tokens` = `max_completion_length`).
+        prompt_len: tokens per prompt (random words, no padding).
+        repeats: timed optimizer steps; one more warm-up step runs first.
+        beta: KL coefficient (k3 to a reference model when > 0).
+        lr: AdamW learning rate.
+        gradient_checkpointing: TRL's activation recomputation (its default is on).
+        threads: torch intra-op threads (default: every CPU of the machine).
+        seed: seeds the weights, the prompts and the sampling.
+
+    Returns:
+        `{"step_s": median step time excluding warm-up, "step_times_s", "warmup_s",
+        "generate_s": median time of TRL's `_generate` (sampling + decoding),
+        "score_s": median time of `_generate_and_score_completions` (generation, rewards,
+        reference log-probs, advantages), "update_s": step_s - score_s, "mean_completion_len",
+        "threads", "trl_version", "torch_version", "gradient_checkpointing"}`.
+    """
+    for name, value in (("prompts", prompts), ("group", group), ("new_tokens", new_tokens),
+                        ("prompt_len", prompt_len), ("repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected a positive integer")
+    if group < 2:
+        raise ValueError(f"group={group!r}: expected >= 2 (GRPO needs a group to compare)")
+    if beta < 0:
+        raise ValueError(f"beta={beta!r}: expected >= 0")
+    if model_config is None:
+        from jaxrl_lrm.models.config import preset
+        model_config = preset("bench-cpu", vocab_size=8192)
+    hf_config = hf_qwen3_config(model_config)
+
+    import datasets
+    import numpy as np
+    import torch
+    import transformers
+    import trl
+
+    old_threads = torch.get_num_threads()
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        V = model_config.vocab_size
+        tokenizer = word_tokenizer(V)
+        rng = np.random.default_rng(seed)
+        n_rows = prompts * (repeats + 1)
+        words = rng.integers(len(SPECIAL_TOKENS), V, size=(n_rows, prompt_len))
+        data = datasets.Dataset.from_dict(
+            {"prompt": [" ".join(f"w{i}" for i in row) for row in words]})
+
+        def reward(prompts, completions, **kwargs):  # cheap, varied within a group
+            return [float(c.count("w1") + len(c) % 5) for c in completions]
+
+        with tempfile.TemporaryDirectory() as tmp, _quiet():
+            model_dir = os.path.join(tmp, "policy")
+            model = transformers.Qwen3ForCausalLM(hf_config).to(torch.float32)
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.save_pretrained(model_dir)
+            args = trl.GRPOConfig(
+                output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=prompts * group,
+                gradient_accumulation_steps=1, num_generations=group,
+                max_completion_length=new_tokens, generation_kwargs={"min_new_tokens": new_tokens},
+                temperature=1.0, beta=beta, num_iterations=1, learning_rate=lr,
+                gradient_checkpointing=gradient_checkpointing, use_cpu=True, bf16=False,
+                fp16=False, report_to=[], logging_strategy="no", save_strategy="no",
+                max_steps=repeats + 1, seed=seed, disable_tqdm=True,
+                dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32})
+            step = _StepTimer()
+            trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=reward, args=args,
+                                      train_dataset=data, processing_class=tokenizer,
+                                      callbacks=[step.callback()])
+            for cb in (transformers.PrinterCallback, transformers.ProgressCallback):
+                trainer.remove_callback(cb)
+            gen = _Clock(trainer, "_generate")
+            score = _Clock(trainer, "_generate_and_score_completions",
+                           keep=lambda out: float(out["completion_mask"].sum(1).float().mean()))
+            trainer.train()
+    finally:
+        torch.set_num_threads(old_threads)
+    if len(step.times) != repeats + 1:
+        raise RuntimeError(f"TRL ran {len(step.times)} steps, expected {repeats + 1}")
+    step_s = _median(step.times[1:])
+    score_s = _median(score.times[1:])
+    return {"step_s": step_s, "step_times_s": step.times[1:], "warmup_s": step.times[0],
+            "generate_s": _median(gen.times[1:]), "score_s": score_s,
+            "update_s": step_s - score_s,
+            "mean_completion_len": _median(score.kept[1:]),
+            "threads": threads, "trl_version": trl.__version__,
+            "torch_version": torch.__version__,
+            "gradient_checkpointing": gradient_checkpointing}
+
+
+class _StepTimer:
+    """Wall time of each optimizer step, from `on_step_begin` to `on_step_end`."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class StepCallback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.times.append(time.perf_counter() - timer._t0)
+
+        return StepCallback()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences transformers' info logging, progress bars and deprecation warnings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
