@@ -61,6 +61,35 @@ def _lse_and_entropy_bwd(res: tuple, g: tuple) -> tuple:
 _lse_and_entropy.defvjp(_lse_and_entropy_fwd, _lse_and_entropy_bwd)
 
 
+def _lse_and_entropy_2pass(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_lse_and_entropy` for an `x` already in memory (a chunk of logits just computed).
+
+    Two passes over `x`: the row max `m`, then one variadic reduction that adds up
+    `(e^(x-m), e^(x-m) x)` into `(s, t)`, with the `exp` fused into the reduction's input (no
+    `[..., V]` temporary; two separate sums would make XLA:CPU store `e^(x-m)` in full).
+    Then `lse = m + log s` and `H = lse - t / s`. `-inf` entries contribute nothing.
+    About 2x faster than the one-pass online reduction on XLA:CPU (whose combiner needs two
+    `exp` per element), but it reads `x` twice, so when `x` is itself a fused producer (an
+    upcast or a temperature division of full logits) XLA stores it: only for chunks.
+    """
+    m = jnp.max(x, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(x - m)
+    s, t = jax.lax.reduce((e, e * jnp.where(x == -jnp.inf, 0.0, x)), (0.0, 0.0),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1]), (x.ndim - 1,))
+    lse = m[..., 0] + jnp.log(s)
+    return lse, lse - t / s
+
+
+def _lse_and_entropy_2pass_fwd(x: jax.Array) -> tuple:
+    lse, ent = _lse_and_entropy_2pass(x)
+    return (lse, ent), (x, lse, ent)
+
+
+_lse_and_entropy_2pass = jax.custom_vjp(_lse_and_entropy_2pass)
+_lse_and_entropy_2pass.defvjp(_lse_and_entropy_2pass_fwd, _lse_and_entropy_bwd)
+
+
 def _gather(logits_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits_NxV, tokens_N[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -188,7 +217,7 @@ def chunked_token_logprobs(
         )
         if temperature != 1.0:
             logits_CxV = logits_CxV / temperature
-        lse, ent = _lse_and_entropy(logits_CxV)
+        lse, ent = _lse_and_entropy_2pass(logits_CxV)
         return _gather(logits_CxV, tok_C) - lse, ent
 
     logp, ent = jax.lax.map(one_chunk, (h, tok))

@@ -1,7 +1,10 @@
 """The decoder-only transformer (Llama 3 / Qwen2 / Qwen3) as pure functions over a params pytree.
 
-Layer parameters are stacked on a leading `layers` axis and the forward pass scans over them,
-which keeps compile time flat in depth. Shapes are written into names: B batch, T query
+Layer parameters are stacked on a leading `layers` axis. Models of up to `UNROLL_MAX_LAYERS`
+layers run them as a Python loop (on XLA:CPU the scan's stacked residuals and
+dynamic-update-slices made the backward ~5x the forward instead of ~3x, and each decode step
+copied every layer's cache); deeper models scan over them, which keeps compile time flat in
+depth. Projections are plain 2-D matmuls over reshaped weights (`_dense`). Shapes are written into names: B batch, T query
 positions, S key positions (cache slots), D d_model, N query heads, K kv heads, G = N // K,
 H head dim, F mlp dim, V vocab, L layers.
 
@@ -156,8 +159,11 @@ def _attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
 
 
 def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_cache, v_cache,
-           cache_index):
-    """One transformer block. Returns the new residual stream and the updated layer cache."""
+           cache_index, layer=0):
+    """One transformer block. Returns the new residual stream and the updated cache.
+
+    `k_cache`/`v_cache` are the whole stacked `[L,B,S,K,H]` caches (or None): only this call's
+    T new keys are written, at `[layer, :, cache_index:cache_index + T]`, in place."""
     c = config
     h = rms_norm(x_BTD, lp["attn_norm"], c.norm_eps)
     q = _dense(h, lp["wq"])
@@ -171,11 +177,11 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_c
     q = _apply_rope(q, positions_BT, inv_freq)
     k = _apply_rope(k, positions_BT, inv_freq)
     if k_cache is not None:
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype),
-                                                      cache_index, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype),
-                                                      cache_index, axis=1)
-        k, v = k_cache, v_cache
+        at = (layer, 0, cache_index, 0, 0)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), at)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), at)
+        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
     attn = _attention(q, k, v, mask_BTS)
     B, T = attn.shape[:2]
     x_BTD = x_BTD + _dense(attn.reshape(B, T, -1), lp["wo"].reshape(-1, c.d_model))
@@ -232,14 +238,19 @@ def forward_hidden(params: Params, config: ModelConfig, tokens_BT: jax.Array, *,
             return x, None
         x, _ = jax.lax.scan(body, x, params["layers"])
         new_cache = None
+    elif config.n_layers <= UNROLL_MAX_LAYERS:
+        ck, cv = cache["k"], cache["v"]
+        for i in range(config.n_layers):
+            lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
+            x, ck, cv = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, ck, cv,
+                               cache_index, i)
+        new_cache = {"k": ck, "v": cv}
     else:
         def body(carry, inputs):
             x, ck, cv = carry
             lp, i = inputs
-            x, k_l, v_l = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, ck[i], cv[i],
-                                 cache_index)
-            ck = jax.lax.dynamic_update_index_in_dim(ck, k_l, i, axis=0)
-            cv = jax.lax.dynamic_update_index_in_dim(cv, v_l, i, axis=0)
+            x, ck, cv = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, ck, cv,
+                               cache_index, i)
             return (x, ck, cv), None
         (x, ck, cv), _ = jax.lax.scan(body, (x, cache["k"], cache["v"]),
                                       (params["layers"], jnp.arange(config.n_layers)))
