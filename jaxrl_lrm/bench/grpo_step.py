@@ -20,8 +20,8 @@ Reported:
 - `host_exposed_frac`: host time the device sits idle, max(0, decode + reward - the device
   work dispatched before them (reference and old log-probs)) / step time.
 - `vs_trl`, `vs_tunix`: the peer's step time over ours, both measured in this run on the same
-  shape, batch and lengths (`--vs-trl`: TRL's `GRPOTrainer` via `bench.peers`, its details in
-  the JSON's `peers`); null without the flag, when the peer is not importable, and always for
+  shape, batch and lengths (`--vs-trl`: TRL's `GRPOTrainer` via `bench.peers`, in a child
+  process right after ours, its details in the JSON's `peers`); null without the flag, when the peer is not importable, and always for
   Tunix (no runner: `google-tunix` would replace the installed transformers).
 
 The random-weight policy samples any of the 8192 ids, so the character tokenizer is wrapped
@@ -176,8 +176,8 @@ def step_flops(parts: dict, mean_len: float) -> dict:
 
 def peer_step(name: str, wanted: bool, config: Config, parts: dict,
               repeats: int) -> dict | None:
-    """The peer's GRPO step on the same shape, batch and lengths, timed in this process
-    (`bench.peers`); None when not `wanted` or the peer is not importable."""
+    """The peer's GRPO step on the same shape, batch and lengths, timed in this run (in a
+    child process, `bench.peers`); None when not `wanted` or the peer is not importable."""
     if not wanted:
         return None
     module = {"trl": "trl", "tunix": "tunix"}[name]
@@ -191,7 +191,7 @@ def peer_step(name: str, wanted: bool, config: Config, parts: dict,
     from jaxrl_lrm.bench import peers
 
     s = parts["session"]
-    return peers.trl_grpo_step_time(
+    return peers.trl_grpo_step_time_isolated(
         model_config=s.model_config, prompts=config.train.prompts_per_step,
         group=s.spec.group_size, new_tokens=s.max_new, prompt_len=s.prompt_len,
         repeats=repeats, beta=s.spec.beta, lr=config.train.lr)

@@ -15,6 +15,14 @@ probability ~1/V per token. TRL's default `gradient_checkpointing=True` is turne
 default (our update does not recompute activations, and at this size memory is no concern;
 recomputing would only slow the peer down).
 
+`trl_grpo_step_time_isolated` (what `grpo_step --vs-trl` calls) runs it in a child process:
+in the benchmark's own process, after JAX has run, torch's OpenMP threads compete with JAX's
+CPU thread pool (measured at load ~8, batch 32 x 32 new tokens, 2 threads: 9.0 s in a fresh
+process, 33 s after JAX ran in the same process). OpenMP's default spin-waiting is kept: it is
+what a TRL user gets and is fastest on a quiet machine (full step 10.0 s vs 21.7 s with
+`OMP_WAIT_POLICY=PASSIVE`), but it collapses when the 2 vCPUs are oversubscribed, so the
+comparison is only meaningful at low load (`omp_wait_policy` sets the policy).
+
 Tunix has no runner: `google-tunix` 0.1.7 would replace the installed transformers 5.24
 (and huggingface_hub, tokenizers, safetensors) with older versions, so it is not installed.
 """
@@ -22,8 +30,13 @@ Tunix has no runner: `google-tunix` 0.1.7 would replace the installed transforme
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -195,6 +208,42 @@ def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int 
             "gradient_checkpointing": gradient_checkpointing}
 
 
+def trl_grpo_step_time_isolated(*, model_config: ModelConfig | None = None,
+                                omp_wait_policy: str | None = None, timeout_s: float = 3600.0,
+                                **kwargs) -> dict:
+    """`trl_grpo_step_time` in a child process (same interpreter and package), with
+    `OMP_WAIT_POLICY` set when `omp_wait_policy` is given ("ACTIVE" or "PASSIVE"); same
+    arguments and result. Raises RuntimeError if the child fails."""
+    if omp_wait_policy not in (None, "ACTIVE", "PASSIVE"):
+        raise ValueError(f"omp_wait_policy={omp_wait_policy!r}: expected None, 'ACTIVE' or "
+                         "'PASSIVE'")
+    spec = dict(kwargs)
+    if model_config is not None:
+        spec["model_config"] = dataclasses.asdict(model_config)
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    if omp_wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
+    proc = subprocess.run([sys.executable, "-m", "jaxrl_lrm.bench.peers", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=timeout_s)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"TRL peer process failed (exit {proc.returncode}): "
+                           f"{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _main(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    if "model_config" in spec:
+        c = spec["model_config"]
+        if c.get("rope_scaling") is not None:
+            c["rope_scaling"] = tuple(c["rope_scaling"])
+        spec["model_config"] = ModelConfig(**c)
+    print(json.dumps(trl_grpo_step_time(**spec)))
+
+
 class _StepTimer:
     """Wall time of each optimizer step, from `on_step_begin` to `on_step_end`."""
 
@@ -235,3 +284,7 @@ def _quiet():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -120,7 +120,7 @@ def test_grpo_step_quick_summary():
     s = r["summary"]
     assert s["step_s"] > 0 and s["floor_ratio"] > 0
     assert 0 <= s["host_exposed_frac"] <= 1
-    assert s["vs_trl"] is None and s["vs_tunix"] is None  # peers are not installed here
+    assert s["vs_trl"] is None and s["vs_tunix"] is None  # peers run only with --vs-trl / --vs-tunix
     for key in ("generate_s", "decode_s", "reward_s", "ref_logprobs_s", "advantages_s",
                 "update_s"):
         assert s[key] > 0, key

@@ -49,6 +49,8 @@ def test_bad_inputs_raise():
         peers.word_tokenizer(3)
     with pytest.raises(ValueError, match="group=1"):
         peers.trl_grpo_step_time(model_config=models.preset("tiny"), group=1)
+    with pytest.raises(ValueError, match="omp_wait_policy='SPIN'"):
+        peers.trl_grpo_step_time_isolated(omp_wait_policy="SPIN")
     with pytest.raises(ValueError, match="repeats=0"):
         peers.trl_grpo_step_time(model_config=models.preset("tiny"), repeats=0)
 
