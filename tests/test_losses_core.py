@@ -106,7 +106,9 @@ def test_kl_penalty(data, kind):
         "k1": d,
         "k2": 0.5 * d**2,
         "k3": np.exp(ref - x) - (ref - x) - 1,
-        "low_var_kl": np.exp(ref - x) - (ref - x) - 1,
+        # verl's low_var_kl: k3 with ref - logp clamped to +-20, the result to +-10
+        "low_var_kl": np.clip(np.exp(np.clip(ref - x, -20, 20)) - np.clip(ref - x, -20, 20) - 1,
+                              -10, 10),
     }[kind]
     np.testing.assert_allclose(losses.kl_penalty(x, ref, kind), expected, rtol=1e-5, atol=1e-6)
 
@@ -118,6 +120,7 @@ def test_kl_penalty_clamp():
     assert float(unclamped[0, 1]) == pytest.approx(np.exp(30.0) - 31.0, rel=1e-5)
     clamped = losses.kl_penalty(logp, ref, "k3", clamp=10.0)
     np.testing.assert_allclose(clamped, [[0.0, 10.0, min(np.exp(-5.0) + 4.0, 10.0)]], rtol=1e-6)
+    np.testing.assert_allclose(losses.kl_penalty(logp, ref, "low_var_kl"), clamped, rtol=1e-6)
     g = jax.grad(lambda lp: losses.kl_penalty(lp, ref, "k3", clamp=10.0).sum())(logp)
     assert np.all(np.isfinite(g))
     with pytest.raises(ValueError, match="k4"):

@@ -4,7 +4,7 @@
 detail.
 """
 
-from jaxrl_lrm.losses._masking import aggregate, masked_mean, masked_var, whiten
+from jaxrl_lrm.losses._masking import Denominators, aggregate, masked_mean, masked_var, whiten
 from jaxrl_lrm.losses.advantages import (
     gae,
     group_advantages,
@@ -16,6 +16,7 @@ from jaxrl_lrm.losses.advantages import (
 )
 from jaxrl_lrm.losses.kl import AdaptiveKLController, AdaptiveKLState, kl_penalty
 from jaxrl_lrm.losses.logprobs import chunked_token_logprobs, entropy, token_logprobs
+from jaxrl_lrm.losses.microbatch import split_rows, summed_value_and_grad
 from jaxrl_lrm.losses.policy import (
     cispo_loss,
     dpo_loss,
@@ -27,6 +28,7 @@ from jaxrl_lrm.losses.policy import (
 __all__ = [
     "AdaptiveKLController",
     "AdaptiveKLState",
+    "Denominators",
     "aggregate",
     "chunked_token_logprobs",
     "cispo_loss",
@@ -43,6 +45,8 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "reinforce_pp_returns",
     "rloo_advantages",
+    "split_rows",
+    "summed_value_and_grad",
     "token_logprobs",
     "truncated_importance_weights",
     "value_loss",

@@ -1,10 +1,13 @@
-"""Masked reductions shared by every loss: `masked_mean`, `masked_var`, `whiten`, `aggregate`.
+"""Masked reductions shared by every loss: `masked_mean`, `masked_var`, `whiten`, `aggregate`,
+and the whole-batch normalisers (`Denominators`) that make micro-batched losses exact.
 
 Masked positions never leak into a result: values are selected with `jnp.where` (not multiplied
 by the mask), so a NaN or inf sitting under padding cannot turn a sum into NaN.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +117,47 @@ def whiten(
     return masked_values(out, (m != 0).astype(jnp.float32))
 
 
-def aggregate(x: jax.Array, mask: jax.Array, mode: str, *, max_len: int | None = None) -> jax.Array:
+class Denominators(NamedTuple):
+    """Normalisers of `aggregate`, computed once on a whole (mini)batch before it is split.
+
+    A NamedTuple, hence a pytree: it can be passed through `jit` and `lax.scan` unchanged (do not
+    split it with the batch). With `denom = Denominators.of(mask_BT)` for the whole batch and any
+    split of the rows into micro-batches `mb`,
+    `sum_mb aggregate(x[mb], mask[mb], mode, denom=denom) == aggregate(x, mask, mode)` for every
+    mode, so summing (not averaging) micro-batch losses and gradients is exact. Without it, a
+    token-mean over micro-batches of unequal token counts becomes a mean of per-micro-batch means
+    (TRL normalises by the tokens of the whole global batch for the same reason,
+    `loss_type="dapo"`).
+
+    Attributes:
+        tokens: `sum(mask)` over the whole batch.
+        rows_with_tokens: number of rows with at least one token.
+        rows: number of rows `B` (empty ones included; `seq-mean-token-sum-norm` divides by it).
+    """
+
+    tokens: jax.Array
+    rows_with_tokens: jax.Array
+    rows: jax.Array
+
+    @classmethod
+    def of(cls, mask_BT: jax.Array) -> Denominators:
+        """The normalisers of the whole batch `mask_BT` (`[B, T]`, bool or float)."""
+        m = jnp.asarray(mask_BT).astype(jnp.float32)
+        if m.ndim != 2:
+            raise ValueError(f"mask must be [B, T], got shape {m.shape}")
+        row_tokens = jnp.sum(m, axis=1)
+        return cls(tokens=jnp.sum(m), rows_with_tokens=jnp.sum((row_tokens > 0).astype(jnp.float32)),
+                   rows=jnp.asarray(m.shape[0], jnp.float32))
+
+
+def aggregate(
+    x: jax.Array,
+    mask: jax.Array,
+    mode: str,
+    *,
+    max_len: int | None = None,
+    denom: Denominators | None = None,
+) -> jax.Array:
     """Reduces a per-token quantity `x[B, T]` to a scalar loss.
 
     Modes (verl `actor.loss_agg_mode` names):
@@ -130,11 +173,17 @@ def aggregate(x: jax.Array, mask: jax.Array, mode: str, *, max_len: int | None =
         times ours).
     An all-zero mask gives 0, never NaN.
 
+    With `denom` (the `Denominators` of the whole batch this slice belongs to) the same sums are
+    divided by the whole batch's counts instead of this slice's: `sum(x*m) / denom.tokens`,
+    `sum_rows(...) / denom.rows_with_tokens`, `sum(x*m) / (denom.rows * L)`. The result is this
+    slice's share of the whole-batch loss; the shares of a partition of the rows add up to it.
+
     Args:
         x: `[B, T]` per-token values.
         mask: `[B, T]`, bool or float.
         mode: one of the four names above.
         max_len: `L` for `"seq-mean-token-sum-norm"`; defaults to `T`.
+        denom: whole-batch normalisers, or `None` to normalise by this batch.
 
     Returns:
         float32 scalar.
@@ -149,15 +198,17 @@ def aggregate(x: jax.Array, mask: jax.Array, mode: str, *, max_len: int | None =
         raise ValueError(f"aggregate expects x of shape [B, T], got {x.shape}")
     m = as_mask(mask, x.shape)
     xm = masked_values(x, m)
+    if denom is None:
+        denom = Denominators.of(m)
     if mode == "token-mean":
-        return safe_div(jnp.sum(xm), jnp.sum(m))
+        return safe_div(jnp.sum(xm), denom.tokens)
     if mode == "seq-mean-token-sum-norm":
         length = x.shape[1] if max_len is None else max_len
         if length <= 0:
             raise ValueError(f"max_len must be positive, got {max_len}")
-        return jnp.sum(xm) / (x.shape[0] * length)
+        return safe_div(jnp.sum(xm), denom.rows * length)
     row_tokens = jnp.sum(m, axis=1)
     row_sum = jnp.sum(xm, axis=1)
     per_row = row_sum if mode == "seq-mean-token-sum" else safe_div(row_sum, row_tokens)
-    has_tokens = (row_tokens > 0).astype(jnp.float32)
-    return safe_div(jnp.sum(per_row * has_tokens), jnp.sum(has_tokens))
+    # rows without tokens contribute 0 either way (their sum is 0)
+    return safe_div(jnp.sum(per_row), denom.rows_with_tokens)

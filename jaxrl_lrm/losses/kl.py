@@ -11,6 +11,8 @@ import jax.numpy as jnp
 KL_KINDS = ("k1", "k2", "k3")
 KL_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
 """verl's names for the same estimators (`algorithm.kl_penalty`, `actor.kl_loss_type`)."""
+LOW_VAR_KL_CLAMP = 10.0
+"""verl's `low_var_kl` is k3 clamped to `[-10, 10]` (`kl_penalty_forward`); so is ours."""
 
 
 def kl_penalty(
@@ -23,8 +25,9 @@ def kl_penalty(
       - `k2 = 0.5 * d**2`
       - `k3 = exp(-d) + d - 1 = exp(ref_logp - logp) - (ref_logp - logp) - 1` (unbiased, >= 0)
     `clamp=c` (off by default) clips the result to `[-c, c]` and, as verl does, first clamps
-    `ref_logp - logp` to `[-20, 20]` before the `exp` of `k3`. verl clamps `k3` to +-10
-    unconditionally (`low_var_kl`); pass `clamp=10.0` to match it.
+    `ref_logp - logp` to `[-20, 20]` before the `exp` of `k3`. `kind="low_var_kl"` is verl's
+    estimator of that name: `k3` with `clamp=10` (unless `clamp` says otherwise); `"k3"` itself
+    is unclamped.
     Paper: Schulman 2020, "Approximating KL Divergence" (k1/k2/k3); k3 is GRPO's KL term
     (Shao et al. 2024). verl: `algorithm.kl_penalty` / `actor.kl_loss_type` = `"kl"` (k1),
     `"mse"` (k2), `"low_var_kl"` (k3) — accepted here as aliases; TRL: GRPO always uses k3
@@ -44,6 +47,8 @@ def kl_penalty(
         raise ValueError(
             f"unknown KL kind {kind!r}; expected one of {KL_KINDS} or {tuple(KL_ALIASES)}"
         )
+    if kind == "low_var_kl" and clamp is None:
+        clamp = LOW_VAR_KL_CLAMP
     if clamp is not None and not clamp > 0:
         raise ValueError(f"clamp must be > 0 or None, got {clamp}")
     logp = jnp.asarray(logp, jnp.float32)
@@ -73,6 +78,10 @@ class AdaptiveKLController:
 
     Equation (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"):
     `e = clip(KL / target - 1, -0.2, 0.2)`; `beta <- beta * (1 + e * n_steps / horizon)`.
+    Units: `KL` and `target` must be in the same units. `algorithm.kl_target` is a per-token
+    mean, as in verl (`apply_kl_penalty`: the mean over sequences of each sequence's masked
+    token-mean of the k1 estimate; `algorithms.controller_kl` computes it); Ziegler et al.
+    state their target (6 nats) per sequence, which is `T` times larger.
     verl: `algorithm.kl_ctrl.type="adaptive"`, `kl_coef`, `target_kl`, `horizon`;
     TRL (legacy PPOTrainer): `adap_kl_ctrl=True`, `init_kl_coef`, `target`, `horizon`.
 
@@ -83,15 +92,18 @@ class AdaptiveKLController:
 
     Attributes:
         init_kl_coef: starting `beta` (> 0).
-        target: target KL per sequence (> 0).
-        horizon: steps over which the proportional controller acts (> 0).
+        target: target KL, in the units of the `current_kl` passed to `update` (> 0).
+        horizon: steps over which the proportional controller acts (> 0); `None` means 10000,
+            the value of Ziegler et al. and verl's default.
     """
 
     init_kl_coef: float
     target: float
-    horizon: float = 10000.0
+    horizon: float | None = 10000.0
 
     def __post_init__(self) -> None:
+        if self.horizon is None:  # `algorithm.kl_horizon: null` = the published default
+            object.__setattr__(self, "horizon", 10000.0)
         for name in ("init_kl_coef", "target", "horizon"):
             value = getattr(self, name)
             if not value > 0:

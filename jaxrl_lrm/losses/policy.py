@@ -6,7 +6,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrl_lrm.losses._masking import aggregate, as_mask, masked_mean, masked_values, safe_div
+from jaxrl_lrm.losses._masking import (
+    Denominators,
+    aggregate,
+    as_mask,
+    masked_mean,
+    masked_values,
+    safe_div,
+)
 
 LOG_RATIO_CLAMP = 20.0
 """Log-ratios are clamped to `[-20, 20]` before `exp` (as verl does), so ratios stay finite."""
@@ -55,6 +62,7 @@ def policy_loss(
     ratio: str = "token",
     agg: str = "token-mean",
     max_len: int | None = None,
+    denom: Denominators | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped policy-gradient surrogate (PPO / GRPO / DAPO / Dr. GRPO / GSPO).
 
@@ -62,7 +70,10 @@ def policy_loss(
       - `ratio="token"`: `r = exp(logp - old_logp)`.
       - `ratio="sequence"` (GSPO): `s_b = exp(sum_t m*(logp - old_logp) / sum_t m)` and
         `r = stop_gradient(s_b) * exp(logp - stop_gradient(logp))` (value `s_b`, gradient of
-        the token log-prob scaled by `s_b`).
+        the token log-prob scaled by `s_b`), computed as
+        `exp(clip(logp - sg(logp) + sg(log s_b), -20, 20))`: the clamp acts on the combined
+        log-ratio, so beyond it the gradient is exactly 0 (verl clamps the same sum, at +10,
+        `compute_policy_loss_gspo`).
       - `l = max(-A*r, -A*clip(r, 1 - clip_low, 1 + clip_high))`; with `dual_clip=c > 1`, where
         `A < 0`: `l = min(l, -A*c)`. Loss `= aggregate(l, mask, agg, max_len=max_len)`.
     Log-ratios (token or sequence) are clamped to `[-20, 20]` before `exp`, as verl does, so
@@ -87,6 +98,7 @@ def policy_loss(
         ratio: `"token"` or `"sequence"`.
         agg: an `aggregate` mode.
         max_len: `L` for `agg="seq-mean-token-sum-norm"`.
+        denom: whole-batch `Denominators` for exact micro-batching (see `aggregate`).
 
     Returns:
         `(loss, metrics)`: metrics `clipfrac` (masked mean of where the clipped term is the
@@ -104,10 +116,11 @@ def policy_loss(
         r = jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     else:
         seq_log_ratio = safe_div(jnp.sum(log_ratio, axis=1), jnp.sum(m, axis=1))
-        s = jnp.exp(jnp.clip(seq_log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         safe_logp = jnp.where(m != 0, logp, 0.0)
-        token_grad = jnp.exp(safe_logp - jax.lax.stop_gradient(safe_logp))
-        r = jax.lax.stop_gradient(s)[:, None] * token_grad
+        # value log s_b, gradient d logp; clamping the sum zeroes the gradient beyond +-20
+        combined = safe_logp - jax.lax.stop_gradient(safe_logp) + jax.lax.stop_gradient(
+            seq_log_ratio)[:, None]
+        r = jnp.exp(jnp.clip(combined, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     unclipped = -adv * r
     clipped = -adv * jnp.clip(r, lo, hi)
     per_token = jnp.maximum(unclipped, clipped)
@@ -121,7 +134,7 @@ def policy_loss(
         capped = (adv < 0) & (per_token > cap)
         per_token = jnp.where(adv < 0, jnp.minimum(per_token, cap), per_token)
         metrics["dual_clipfrac"] = masked_mean(capped.astype(jnp.float32), m)
-    loss = aggregate(per_token, m, agg, max_len=max_len)
+    loss = aggregate(per_token, m, agg, max_len=max_len, denom=denom)
     return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
 
@@ -135,6 +148,7 @@ def cispo_loss(
     clip_high: float | None = None,
     agg: str = "token-mean",
     max_len: int | None = None,
+    denom: Denominators | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """CISPO: clipped, stop-gradient importance weight times the log-prob.
 
@@ -157,6 +171,7 @@ def cispo_loss(
         clip_high: the weight is clipped above at `1 + clip_high` (`None`: `clip_low`).
         agg: an `aggregate` mode.
         max_len: `L` for `agg="seq-mean-token-sum-norm"`.
+        denom: whole-batch `Denominators` for exact micro-batching (see `aggregate`).
 
     Returns:
         `(loss, metrics)` with `clipfrac` (masked fraction of tokens whose weight was clipped),
@@ -173,7 +188,7 @@ def cispo_loss(
         "approx_kl": masked_mean(old_logp - logp, m),
         "ratio_mean": masked_mean(r, m),
     }
-    loss = aggregate(per_token, m, agg, max_len=max_len)
+    loss = aggregate(per_token, m, agg, max_len=max_len, denom=denom)
     return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
 
@@ -186,11 +201,15 @@ def value_loss(
     clip: float | None = None,
     agg: str = "token-mean",
     max_len: int | None = None,
+    denom: Denominators | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped value-function loss (PPO critic).
 
     Equation: `v_c = old + clip(v - old, -clip, clip)`; `l = 0.5 * max((v - R)**2, (v_c - R)**2)`;
-    without `clip`, `l = 0.5 * (v - R)**2`; then `aggregate(l, mask, agg)`.
+    without `clip`, `l = 0.5 * (v - R)**2`; then `aggregate(l, mask, agg)`. `v_c` is computed as
+    `clip(v, old - clip, old + clip)` (the same number, and exactly `v` inside the range): the
+    form `old + (v - old)` differs from `v` by rounding, which `vf_clipfrac` used to count as
+    clipping (about 23x over-reported on random data).
     Paper: PPO, Schulman et al. 2017 (value clipping as in OpenAI baselines).
     verl: `critic.cliprange_value`, `critic.loss_agg_mode`; TRL: `PPOConfig.cliprange_value`,
     `vf_coef`.
@@ -203,6 +222,7 @@ def value_loss(
         clip: value clip range, or `None` for no clipping.
         agg: an `aggregate` mode.
         max_len: `L` for `agg="seq-mean-token-sum-norm"`.
+        denom: whole-batch `Denominators` for exact micro-batching (see `aggregate`).
 
     Returns:
         `(loss, metrics)` with `vf_clipfrac` (masked mean of where the clipped term is larger)
@@ -223,12 +243,12 @@ def value_loss(
         per_token = 0.5 * unclipped
         clipfrac = jnp.zeros((), jnp.float32)
     else:
-        v_c = old + jnp.clip(v - old, -clip, clip)
+        v_c = jnp.clip(v, old - clip, old + clip)
         clipped = (v_c - ret) ** 2
         per_token = 0.5 * jnp.maximum(unclipped, clipped)
         clipfrac = masked_mean((clipped > unclipped).astype(jnp.float32), m)
     metrics = {"vf_clipfrac": clipfrac, "vpred_mean": masked_mean(v, m)}
-    loss = aggregate(per_token, m, agg, max_len=max_len)
+    loss = aggregate(per_token, m, agg, max_len=max_len, denom=denom)
     return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
 
