@@ -35,8 +35,12 @@ def test_stored_without_outputs(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_executes(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
     client.execute()  # raises CellExecutionError (with the traceback) on any failing cell
     ran = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in ran)
