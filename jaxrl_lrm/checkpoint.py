@@ -1,5 +1,30 @@
 """Orbax checkpoints of a training run: array state (policy, optimizer, value model, ...) plus a
-JSON record of the host state (step, data position, RNG seed), saved asynchronously.
+JSON record of the host state (step, data position, RNG seed), saved asynchronously, each step
+carrying a checksum manifest that a restore verifies.
+
+What is checksummed, when, where:
+
+- At `save`, before orbax starts its write, every leaf of the state gets a 64-bit checksum
+  computed on its devices by one small jitted reduction: two sums (mod 2**32) of a 32-bit mix
+  of each word of the leaf's bytes keyed by the word's global position. The sums are exact and
+  order-free, so the value is the same however the array is sharded (a run restored onto
+  another mesh, each host of a multi-host run) and no array is gathered to a host for it. The
+  same pass checks the floating-point leaves for NaN / inf: a non-finite state is refused
+  (`NonFiniteStateError`) before anything is written.
+- The manifest (format, step, per-leaf shape, dtype and checksum, SHA-256 of the canonical
+  `meta` JSON) is a third orbax item, `checksums` (`<step>/checksums/`), written in the same
+  orbax save as the arrays. Orbax commits a step as a whole (temporary directory, renamed when
+  every item is finished), so the manifest exists exactly when the step is complete, also with
+  asynchronous saves: there is nothing to write after the background write ends, and a kill at
+  any moment leaves either a complete step with its manifest or no step. A step without a
+  readable manifest (an older format, a deleted file) counts as incomplete.
+- `restore` reads the manifest, restores the arrays with the dtypes the manifest records,
+  recomputes the checksums on the restored arrays and compares them leaf by leaf (and the
+  meta's SHA-256). Any problem (checksum mismatch, a truncated or missing file, garbage
+  metadata, an orbax / tensorstore error) makes the step damaged: the newest intact step is
+  used with a warning naming each damaged step and its problem; damaged steps newer than it are
+  moved aside to `<step>.damaged` so the run can write those steps again. With no intact step,
+  `CheckpointError` lists every step and what was wrong with it.
 
 `Checkpointer.restore` takes an abstract target (shapes, dtypes and shardings) so a resumed
 run gets its arrays back placed on the mesh exactly as the fresh run placed them.
@@ -7,23 +32,153 @@ run gets its arrays back placed on the mesh exactly as the fresh run placed them
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+MANIFEST_ITEM = "checksums"
+MANIFEST_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, or no intact checkpoint to restore."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """A state with NaN or inf in a floating-point leaf; nothing was written.
+
+    Attributes:
+      step: the step that was to be saved.
+      leaves: the key paths of the non-finite leaves.
+    """
+
+    def __init__(self, message: str, *, step: int, leaves: list[str]):
+        super().__init__(message)
+        self.step = step
+        self.leaves = leaves
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+@jax.jit
+def _leaf_finite(x: jax.Array) -> jax.Array:
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.bool_(True)
+    return jnp.all(jnp.isfinite(x))
+
+
+def all_finite(tree: Any) -> bool | jax.Array:
+    """Whether every floating-point leaf of `tree` is free of NaN and inf.
+
+    Outside `jit` a Python bool (one tiny reduction per leaf, on the leaf's own devices, so
+    leaves on different meshes mix freely); inside `jit` a traced boolean scalar.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        checks = [jnp.all(jnp.isfinite(x)) for x in leaves
+                  if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+    return all(bool(_host(c)) for c in [_leaf_finite(x) for x in leaves])
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The bytes of `x` as uint32 words (one per element, two for 8-byte elements)."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size in (4, 8):
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16}[size]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _leaf_summary(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(finite, checksum[2])` of one leaf; the checksum does not depend on the sharding."""
+    w = _words(x)
+    # global flat position of each word, from per-axis iotas (no flat iota to re-shard)
+    pos = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
+        stride = (stride * w.shape[axis]) % 2**32
+    key = _mix32(pos * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15))
+    h1 = jnp.sum(_mix32(w ^ key), dtype=jnp.uint32)
+    h2 = jnp.sum(_mix32(w + _mix32(key ^ jnp.uint32(0x632BE5AB))), dtype=jnp.uint32)
+    return _leaf_finite(x), jnp.stack([h1, h2])
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    # The outputs are tiny and replicated: on a multi-host run every process holds them whole.
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
+def _summaries(tree: Any) -> dict[str, tuple[bool, str, list[int], str]]:
+    """`{key path: (finite, checksum hex, shape, dtype)}` for every array leaf of `tree`."""
+    out = {}
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    pending = [(jax.tree_util.keystr(p), jnp.asarray(x) if not isinstance(x, jax.Array) else x)
+               for p, x in flat]
+    results = [(name, x, _leaf_summary(x)) for name, x in pending]  # dispatched, then fetched
+    for name, x, (finite, h) in results:
+        h = _host(h)
+        out[name] = (bool(_host(finite)), f"{int(h[0]):08x}{int(h[1]):08x}",
+                     list(x.shape), str(x.dtype))
+    return out
+
+
+def _meta_digest(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- checkpointer
 
 
 class Checkpointer:
-    """A thin face over `ocp.CheckpointManager` with two items: `state` and `meta`."""
+    """A thin face over `ocp.CheckpointManager`: items `state`, `meta` and their checksums.
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
+    Args:
+      directory: the run's `checkpoints/`; created if missing. Unless `read_only`, a file is
+        written and removed there at once, so an unwritable directory fails here, not later.
+      max_to_keep: the newest steps kept.
+      async_save: write in the background (`save` returns once the arrays are copied).
+      read_only: only restore (evaluation, export of a run whose directory is read-only).
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        if not read_only:
+            _check_writable(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=async_save),
-            item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else max_to_keep, create=not read_only,
+                read_only=read_only, enable_async_checkpointing=async_save),
+            item_names=("state", "meta", MANIFEST_ITEM),
         )
 
     def latest_step(self) -> int | None:
@@ -33,27 +188,147 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-        """Starts an asynchronous save of `state` (a pytree of arrays) and `meta` (JSON)."""
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=force,
-        )
+        """Starts an asynchronous save of `state` (a pytree of arrays), `meta` (JSON) and their
+        checksum manifest.
+
+        Raises:
+          NonFiniteStateError: a floating-point leaf of `state` holds NaN or inf.
+          CheckpointError: the directory cannot be written.
+        """
+        if self.read_only:
+            raise CheckpointError(f"checkpoints in {str(self.directory)!r} were opened "
+                                  "read-only; cannot save")
+        summary = _summaries(state)
+        bad = [name for name, (finite, *_) in summary.items() if not finite]
+        if bad:
+            raise NonFiniteStateError(
+                f"refusing to save checkpoint step {step} in {str(self.directory)!r}: NaN or "
+                f"inf in {len(bad)} of {len(summary)} leaves ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}); nothing was written", step=step, leaves=bad)
+        manifest = {
+            "format": MANIFEST_FORMAT, "step": int(step), "meta_sha256": _meta_digest(meta),
+            "leaves": {name: {"shape": shape, "dtype": dtype, "checksum": h}
+                       for name, (_, h, shape, dtype) in summary.items()},
+        }
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta),
+                                  **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)})
+        try:
+            return self.manager.save(step, args=args, force=force)
+        except OSError as e:
+            raise CheckpointError(f"could not write checkpoint step {step} in "
+                                  f"{str(self.directory)!r}: {e}") from e
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restores `(state, meta, step)`; `target` gives the tree, shapes and shardings."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise ValueError(f"no checkpoint in {str(self.directory)!r} to restore")
-        if step not in self.all_steps():
-            raise ValueError(f"checkpoint step {step} not in {str(self.directory)!r}; "
-                             f"available: {self.all_steps()}")
-        abstract = jax.tree.map(_abstract, target)
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                          meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"]), step
+        """Restores `(state, meta, step)`, verified against the step's checksums.
+
+        Args:
+          target: the state's tree, shapes, dtypes and shardings (arrays or
+            `jax.ShapeDtypeStruct`s).
+          step: the step to restore; None for the newest intact one (older ones are tried,
+            with a warning, when newer ones are damaged).
+
+        Raises:
+          CheckpointError: no checkpoint; no intact one (every step and its problem); or, with
+            an explicit `step`, that step missing or damaged.
+        """
+        where = repr(str(self.directory))
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {where} to restore")
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(f"checkpoint step {step} not in {where}; "
+                                      f"available: {sorted(steps)}")
+            try:
+                state, meta = self._restore_verified(step, target)
+            except _Damaged as e:
+                raise CheckpointError(f"checkpoint step {step} in {where} is damaged: {e}") \
+                    from e.__cause__
+            return state, meta, step
+        damaged = []
+        for s in steps:
+            try:
+                state, meta = self._restore_verified(s, target)
+            except _Damaged as e:
+                damaged.append((s, str(e)))
+                log.warning("checkpoint step %d in %s is damaged (%s); trying an older one",
+                            s, where, e)
+                continue
+            if damaged:
+                log.warning("resuming from checkpoint step %d in %s; damaged newer steps: %s",
+                            s, where, "; ".join(f"step {d}: {why}" for d, why in damaged))
+                self._set_aside([d for d, _ in damaged])
+            return state, meta, s
+        raise CheckpointError(
+            f"no intact checkpoint in {where}: "
+            + "; ".join(f"step {s}: {why}" for s, why in damaged))
+
+    def _restore_verified(self, step: int, target: Any) -> tuple[Any, dict]:
+        try:
+            manifest = self.manager.restore(
+                step, args=ocp.args.Composite(**{MANIFEST_ITEM: ocp.args.JsonRestore()})
+            )[MANIFEST_ITEM]
+        except Exception as e:  # orbax / tensorstore / json raise many kinds
+            raise _Damaged(f"checksum manifest missing or unreadable ({_brief(e)})") from e
+        leaves = _manifest_leaves(manifest, step)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+        names = [jax.tree_util.keystr(p) for p, _ in flat]
+        abstract = []
+        for name, (_, x) in zip(names, flat):
+            if name not in leaves:
+                raise _Damaged(f"leaf {name} is not in the checksum manifest")
+            entry = leaves[name]
+            if list(x.shape) != list(entry["shape"]):
+                raise _Damaged(f"leaf {name} has shape {tuple(entry['shape'])} in the "
+                               f"checkpoint, the target wants {tuple(x.shape)}")
+            sharding = getattr(x, "sharding", None)
+            abstract.append(jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]),
+                                                 sharding=sharding) if sharding else x)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(jax.tree.unflatten(treedef, abstract)),
+                meta=ocp.args.JsonRestore()))
+            state, meta = out["state"], dict(out["meta"])
+        except Exception as e:
+            raise _Damaged(f"arrays or meta unreadable ({_brief(e)})") from e
+        got = _summaries(state)
+        wrong = [n for n in names if got[n][1] != leaves[n]["checksum"]]
+        if wrong:
+            raise _Damaged(f"checksum mismatch in {len(wrong)} of {len(names)} leaves "
+                           f"({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''})")
+        if _meta_digest(meta) != manifest.get("meta_sha256"):
+            raise _Damaged("checksum mismatch in meta")
+        # cast to the target's dtypes where they differ from the saved ones
+        state_flat = jax.tree.leaves(state)
+        state_flat = [y.astype(x.dtype) if y.dtype != x.dtype else y
+                      for (_, x), y in zip(flat, state_flat)]
+        return jax.tree.unflatten(treedef, state_flat), meta
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged steps to `<step>.damaged` (kept for inspection, out of orbax's view)
+        so the resumed run can save those steps again."""
+        if self.read_only:
+            return
+        if jax.process_index() == 0:
+            for s in steps:
+                src = self.directory / str(s)
+                dst = self.directory / f"{s}.damaged"
+                n = 1
+                while dst.exists():
+                    n += 1
+                    dst = self.directory / f"{s}.damaged{n}"
+                try:
+                    src.rename(dst)
+                    log.warning("moved damaged checkpoint step %d to %s", s, dst)
+                except OSError as e:
+                    raise CheckpointError(f"could not move damaged checkpoint step {s} in "
+                                          f"{str(self.directory)!r} aside: {e}") from e
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxrl_lrm.checkpoint.set_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -63,17 +338,43 @@ class Checkpointer:
         self.manager.close()
 
 
-def _abstract(x):
-    if isinstance(x, jax.Array):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    return x
+class _Damaged(Exception):
+    """One step's problem, as the message a user reads."""
+
+
+def _manifest_leaves(manifest: Any, step: int) -> dict:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("leaves"), dict):
+        raise _Damaged("checksum manifest is malformed")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise _Damaged(f"checksum manifest has format {manifest.get('format')!r}, "
+                       f"expected {MANIFEST_FORMAT}")
+    if manifest.get("step") != step:
+        raise _Damaged(f"checksum manifest is for step {manifest.get('step')!r}")
+    return manifest["leaves"]
+
+
+def _brief(e: BaseException) -> str:
+    text = " ".join(str(e).split()).split(" See full TensorStore details")[0] or "no message"
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def _check_writable(directory: Path) -> None:
+    probe = directory / f".write-probe-{os.getpid()}-{jax.process_index()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint directory {str(directory)!r} is not writable: "
+                              f"{e}") from e
 
 
 def restore_state_only(path: str | Path, target: Any, step: int | None = None) -> tuple[Any, int]:
     """Restores the array state of a checkpoint directory (the run's `checkpoints/`)."""
-    ckpt = Checkpointer(path, async_save=False)
+    ckpt = Checkpointer(path, async_save=False, read_only=True)
     try:
         state, _, step = ckpt.restore(target, step)
     finally:
         ckpt.close()
     return state, step
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,9 +14,12 @@ from pathlib import Path
 class MetricsLogger:
     """Appends one JSON object per logged step and mirrors scalars to TensorBoard.
 
-    Opening an existing run directory appends (a resumed run keeps its history); records of
-    steps after `resume_step` (written by a run that died before its next checkpoint) are
-    dropped first so the file never holds a step twice.
+    Opening an existing run directory keeps exactly one record for each step up to
+    `resume_step` (the checkpoint the run resumes from; None or 0 for a fresh run) and drops
+    the rest: records of later steps (written by a run that died before its next checkpoint, or
+    whose newer checkpoints were found damaged) and a line torn by a kill mid-write. The resumed
+    run then appends from `resume_step + 1`, so no step is lost or written twice. The file is
+    rewritten atomically (temporary file + rename).
     """
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, enabled: bool = True,
@@ -32,11 +36,16 @@ class MetricsLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            keep = [r for r in read_metrics(self.path)
-                    if resume_step is not None and r.get("step", 0) <= resume_step]
-            with open(self.path, "w") as f:
-                for r in keep:
-                    f.write(json.dumps(r) + "\n")
+            last = resume_step or 0
+            by_step = {}  # the newest record of a step wins
+            for r in read_metrics(self.path, skip_torn=True):
+                if isinstance(r.get("step"), int) and r["step"] <= last:
+                    by_step[r["step"]] = r
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w") as f:
+                for step in sorted(by_step):
+                    f.write(json.dumps(by_step[step]) + "\n")
+            os.replace(tmp, self.path)
         try:
             from tensorboardX import SummaryWriter
 
@@ -88,7 +97,9 @@ class MetricsLogger:
             self._tb.close()
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, *, skip_torn: bool = False) -> list[dict]:
+    """The records of a `metrics.jsonl`; with `skip_torn`, lines that are not JSON objects
+    (a write cut short by a kill) are skipped instead of raising."""
     path = Path(path)
     if not path.exists():
         return []
@@ -96,8 +107,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if line:
-                out.append(json.loads(line))
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if not skip_torn:
+                    raise
+                continue
+            if isinstance(record, dict) or not skip_torn:
+                out.append(record)
     return out
 
 
