@@ -1,158 +1,379 @@
-"""Sandbox supervisor: runs as its own `python -I -S` process, never imported by the package.
+"""Sandbox zygote: a pre-isolated Python process that forks one contained run per request.
 
-`sandbox.execute` starts this file with one JSON argument. It enters fresh namespaces (user when
-not root, then network, mount and PID, each where the kernel allows), binds the work directory
-over the world-writable directories, becomes a child subreaper, forks the program (which is PID 1
-of the new PID namespace when there is one: when it exits, the kernel kills everything left in
-the namespace), enforces the wall-clock limit, kills and reaps every remaining descendant and
-writes one JSON status line to the pipe `status_fd`. Only the standard library is used; keep it that way.
+Run as its own interpreter (`python -I -S -B _supervisor.py CONFIG`), never imported by the
+package; standard library only (plus `_wire.py` beside it). Start-up, once:
+  * a user namespace when not root (mapping the caller to uid 0 inside), a private mount
+    namespace, and a new root: a small tmpfs holding read-only, nosuid binds of `/usr` (`/lib*`,
+    `/bin` as on the host), the Python installation (its `site-packages` covered), five device
+    nodes, a stub `/etc`, empty `/proc` and `/tmp`; `pivot_root` onto it and the old root
+    detached, so no host path is reachable (not even by a chroot escape);
+  * it then answers `{"ready": true}` or `{"error": why}` on its socket and waits for requests.
+Per request (a JSON config plus file descriptors over the SOCK_SEQPACKET socket) it forks:
+  S, the run's supervisor: new mount, IPC, network, UTS and PID namespaces; enforces the wall
+    clock and kills the run when the caller closes the control pipe (or dies); writes one JSON
+    status line; dies with the zygote (PR_SET_PDEATHSIG).
+  C1, PID 1 of the run: mounts the run's size-limited tmpfs on /tmp and its own /proc, forks
+    the program and reaps; when the program exits C1 exits and the kernel kills whatever is
+    left in the PID namespace.
+  C2, the program: uid nobody (when the host caller is root), a fresh session keyring, its own
+    user namespace (so RLIMIT_NPROC is counted per run), rlimits, no capabilities,
+    no_new_privs, only its own descriptors; then the program's code runs in this already
+    started interpreter (no exec), and in "serve" mode `_wire.serve` answers the harness.
+The zygote exits when its socket closes or its parent changes.
 """
 
+import atexit
+import builtins
 import ctypes
 import json
 import os
+import platform
 import resource
 import select
 import signal
+import socket
 import sys
+import threading
 import time
+import types
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
-MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _wire  # noqa: E402
+
+del sys.path[0]
+
+NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = (
+    0x20000,
+    0x4000000,
+    0x8000000,
+    0x10000000,
+    0x20000000,
+    0x40000000,
+)
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 0x1000, 0x4000, 0x40000
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+NOBODY = 65534
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "keyctl": 219},
+}
+_HINTS = {
+    "user": "user namespaces (CONFIG_USER_NS; sysctl user.max_user_namespaces > 0; on Ubuntu "
+    "kernel.apparmor_restrict_unprivileged_userns=0 when not root)",
+    "mount": "mount namespaces (CONFIG_NAMESPACES) and mounting tmpfs/bind/proc in them",
+    "pid": "PID namespaces (CONFIG_PID_NS)",
+    "ipc": "IPC namespaces (CONFIG_IPC_NS)",
+    "net": "network namespaces (CONFIG_NET_NS)",
+    "uts": "UTS namespaces (CONFIG_UTS_NS)",
+    "pivot_root": "pivot_root(2) onto a tmpfs",
+    "keyring": "keyctl(2) (CONFIG_KEYS) to give the program a fresh session keyring",
+    "pidfd": "pidfd_open(2) (Linux >= 5.3)",
+}
+libc = ctypes.CDLL(None, use_errno=True)
+_DENY: set[str] = set()  # features to treat as missing (the tests' way to check the message)
 
 
-def _write(path, text):
+class Missing(OSError):
+    def __init__(self, feature: str, call: str, errno: int):
+        super().__init__(
+            errno,
+            f"sandbox: {call} failed ({os.strerror(errno)}); the sandbox needs {_HINTS[feature]}",
+        )
+
+
+def _check(ret: int, feature: str, call: str) -> None:
+    if feature in _DENY:
+        raise Missing(feature, call, 1)
+    if ret != 0:
+        raise Missing(feature, call, ctypes.get_errno())
+
+
+def _mount(src, dst, fstype, flags, data=None, feature="mount"):
+    enc = lambda s: None if s is None else s.encode()
+    _check(libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), feature, f"mount {dst}")
+
+
+def _syscall(name: str, *args) -> int:
+    return libc.syscall(_SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])[name], *args)
+
+
+def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
 
 
-def _enter_namespaces(libc, cfg):
-    """Unshares what the kernel allows; returns the names of the namespaces entered."""
-    got = []
+def _map_self(inside: int, uid: int, gid: int) -> None:
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{inside} {uid} 1")
+    _write("/proc/self/gid_map", f"{inside} {gid} 1")
+
+
+def _bind_ro(src: str, dst: str, dev: bool = False) -> None:
+    _mount(src, dst, None, BIND | REC)
+    f = os.statvfs(src).f_flag  # keep the flags the source has (locked in a user namespace)
+    keep = (f & (NODEV | NOEXEC)) | (1024 if f & 1024 else 0) | (2048 if f & 2048 else 0)
+    keep |= (1 << 21) if f & 4096 else 0
+    _mount(None, dst, None, REMOUNT | BIND | RDONLY | NOSUID | (0 if dev else NODEV) | keep)
+
+
+def _build_root() -> None:
+    """Enters the zygote's namespaces and pivots onto the minimal read-only root."""
     uid, gid = os.getuid(), os.getgid()
     if uid != 0:
-        # Unprivileged: a user namespace first, mapping our uid and gid to themselves, gives the
-        # capabilities the other namespaces need; they are dropped again at the program's exec.
-        if libc.unshare(CLONE_NEWUSER) == 0:
-            try:
-                _write("/proc/self/setgroups", "deny")
-                _write("/proc/self/uid_map", f"{uid} {uid} 1")
-                _write("/proc/self/gid_map", f"{gid} {gid} 1")
-                got.append("user")
-            except OSError:
-                return got
-        else:
-            return got
-    for name, flag in (("net", CLONE_NEWNET), ("mount", CLONE_NEWNS), ("pid", CLONE_NEWPID)):
-        if libc.unshare(flag) == 0:
-            got.append(name)
-    if "mount" in got:
-        # Private propagation so nothing leaks back; then /tmp, /var/tmp and /dev/shm all become
-        # the work directory, which is removed afterwards.
-        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            got.remove("mount")
-        else:
-            for target in ("/tmp", "/var/tmp", "/dev/shm"):
-                if os.path.isdir(target):
-                    libc.mount(b".", target.encode(), None, MS_BIND, None)
-    return got
-
-
-def _children():
-    me, kids = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                kids.append(int(entry))
-    return kids
-
-
-def _kill_all():
-    while True:
-        for pid in _children():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
-def _run_child(cfg, status_fd, namespaces):
-    os.close(status_fd)
-    os.setsid()
-    lim = cfg["limits"]
-    for res, value in (
-        (resource.RLIMIT_CPU, lim["cpu_s"]),
-        (resource.RLIMIT_AS, lim["as_bytes"]),
-        (resource.RLIMIT_NPROC, lim["nproc"]),
-        (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
-        (resource.RLIMIT_NOFILE, lim["nofile"]),
-        (resource.RLIMIT_CORE, 0),
+        _check(libc.unshare(NEWUSER), "user", "unshare(CLONE_NEWUSER)")
+        _map_self(0, uid, gid)
+    _check(libc.unshare(NEWNS), "mount", "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, REC | PRIVATE)
+    prefixes = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)})
+    new = next(
+        d
+        for d in ("/tmp", "/mnt", "/media", "/srv", "/opt", "/home")
+        if os.path.isdir(d) and not any((p + "/").startswith(d + "/") for p in prefixes)
+    )
+    _mount("tmpfs", new, "tmpfs", NOSUID | NODEV, "size=1m,mode=755")
+    for top in ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin"):
+        host = "/" + top
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), new + host)
+        elif os.path.isdir(host):
+            os.mkdir(new + host)
+            _bind_ro(host, new + host)
+    for p in prefixes:
+        if not p.startswith("/usr/") and not os.path.isdir(new + p):
+            os.makedirs(new + p)
+            _bind_ro(p, new + p)
+        ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        site = f"{new}{p}/lib/{ver}/site-packages"
+        if os.path.isdir(site):
+            _mount("tmpfs", site, "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
+    for d in ("dev", "etc", "proc", "tmp", "var", ".old"):
+        os.mkdir(f"{new}/{d}")
+    for node in ("null", "zero", "full", "random", "urandom"):
+        open(f"{new}/dev/{node}", "w").close()
+        _bind_ro(f"/dev/{node}", f"{new}/dev/{node}", dev=True)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("shm", "/tmp"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
     ):
-        resource.setrlimit(res, (value, value))
-    if os.getuid() == 0 and cfg["uid"] is not None:
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-    # After setuid (a change of credentials clears it): die if the supervisor dies.
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # With a mount namespace /tmp *is* the work directory (its own path is hidden by the bind).
-    home = "/tmp" if "mount" in namespaces else cfg["workdir"]
-    os.chdir(home)
-    argv = [cfg["python"], "-I", "-S", "-B", "prog.py"]
-    os.execve(cfg["python"], argv, {"PATH": "/usr/bin:/bin", "HOME": home})
+        os.symlink(target, f"{new}/dev/{name}")
+    os.symlink("/tmp", f"{new}/var/tmp")
+    _write(
+        f"{new}/etc/passwd",
+        f"root:x:0:0::/:/bin/false\nnobody:x:{NOBODY}:{NOBODY}::/tmp:/bin/false\n",
+    )
+    _write(f"{new}/etc/group", f"root:x:0:\nnogroup:x:{NOBODY}:\n")
+    _write(f"{new}/etc/hostname", "sandbox\n")
+    os.chdir(new)
+    _check(_syscall("pivot_root", b".", b".old"), "pivot_root", "pivot_root")
+    os.chdir("/")
+    _check(libc.umount2(b"/.old", 2), "pivot_root", "umount2(old root, MNT_DETACH)")
+    os.rmdir("/.old")
+    _mount(None, "/", None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
 
 
-def main():
-    cfg = json.loads(sys.argv[1])
-    status_fd = cfg["status_fd"]
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    namespaces = _enter_namespaces(libc, cfg) if cfg["namespaces"] else []
+def _run_program(src: str, serve: bool) -> int:
+    """Runs `src` as `__main__` the way `python prog.py` would; returns the exit status."""
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = sys.__stderr__ = open(
+        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+    )
+    main = types.ModuleType("__main__")
+    main.__file__, main.__builtins__ = "prog.py", builtins
+    sys.modules["__main__"], sys.argv = main, ["prog.py"]
+    atexit._clear()
+    rc = 0
+    try:
+        exec(compile(src, "prog.py", "exec"), main.__dict__)
+        if serve:
+            _wire.serve(3, main.__dict__, os)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            rc = (e.code or 0) & 0xFF
+        else:
+            print(e.code, file=sys.stderr)
+            rc = 1
+    except BaseException:  # noqa: BLE001 - reported like the interpreter does
+        sys.excepthook(*sys.exc_info())
+        rc = 1
+    for step in (threading._shutdown, atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
+        try:
+            step()
+        except BaseException:  # noqa: BLE001, S110 - the interpreter ignores these too
+            pass
+    return rc
+
+
+def _program(cfg: dict, fds: dict, report: int) -> None:
+    """C2: drops to the program's identity and limits, then runs it; never returns."""
+    try:
+        if os.getuid() == 0 and cfg["host_root"]:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so we may write our own uid_map
+        _check(0 if _syscall("keyctl", 1, None) >= 0 else -1, "keyring", "keyctl(JOIN_SESSION)")
+        uid, gid = os.getuid(), os.getgid()
+        # Created while RLIMIT_NPROC is still unlimited, so only this namespace's count is capped.
+        _check(libc.unshare(NEWUSER), "user", "unshare(CLONE_NEWUSER) for the program")
+        _map_self(uid, uid, gid)
+        lim = cfg["limits"]
+        for res, value in (
+            (resource.RLIMIT_CPU, lim["cpu_s"]),
+            (resource.RLIMIT_AS, lim["as_bytes"]),
+            (resource.RLIMIT_NPROC, lim["nproc"]),
+            (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
+            (resource.RLIMIT_NOFILE, lim["nofile"]),
+            (resource.RLIMIT_CORE, 0),
+        ):
+            resource.setrlimit(res, (value, value))
+        hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
+        if libc.capset(hdr, (ctypes.c_uint32 * 6)()) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        os.chdir("/tmp")
+        src = os.pread(fds["prog"], cfg["prog_len"], 0).decode("utf-8", "replace")
+        with open("prog.py", "w", encoding="utf-8") as f:
+            f.write(src)
+        if cfg["mode"] == "serve":
+            null = os.open("/dev/null", os.O_RDWR)
+            for target in (0, 1, 2):
+                os.dup2(null, target)
+            os.dup2(fds["rpc"], 3)
+        else:
+            for target, key in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+                os.dup2(fds[key], target)
+        os.closerange(4 if cfg["mode"] == "serve" else 3, 1 << 16)
+    except OSError as e:
+        os.write(report, f"E {e}\n".encode())
+        os._exit(125)
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    os._exit(_run_program(src, cfg["mode"] == "serve"))
+
+
+def _init(cfg: dict, fds: dict, report: int) -> None:
+    """C1, PID 1 of the run: its /tmp and /proc, then forks the program and reaps."""
+    try:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.close(fds.pop("ctl"))
+        os.close(fds.pop("status"))
+        opts = f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777"
+        _mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, opts)
+        _mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None, feature="pid")
+        socket.sethostname("sandbox")
+    except OSError as e:
+        os.write(report, f"E {e}\n".encode())
+        os._exit(1)
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        try:
-            _run_child(cfg, status_fd, namespaces)
-        finally:
-            os._exit(126)
-    os.close(0)  # only the program reads stdin
-    timed_out, status = False, 0
+        _program(cfg, fds, report)
+    for fd in fds.values():
+        os.close(fd)
+    while True:
+        got, status = os.waitpid(-1, 0)
+        if got == pid:
+            code = os.waitstatus_to_exitcode(status)
+            os.write(report, f"W {code} {time.monotonic() - start}\n".encode())
+            os._exit(0)
+
+
+def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
+    """S: the run's namespaces, wall clock and status line; never returns."""
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != zygote:
+        os._exit(1)
+    status_fd, ctl = fds["status"], fds["ctl"]
+    msg = {"returncode": -9, "timed_out": False, "cancelled": False, "wall_s": 0.0, "error": None}
     try:
+        for name, flag in (
+            ("mount", NEWNS),
+            ("ipc", NEWIPC),
+            ("net", NEWNET),
+            ("uts", NEWUTS),
+            ("pid", NEWPID),
+        ):
+            _check(libc.unshare(flag), name, f"unshare(CLONE_NEW{name.upper()})")
+        report_r, report_w = os.pipe()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_r)
+            _init(cfg, fds, report_w)
+        os.close(report_w)
+        for key in list(fds):
+            if key not in ("status", "ctl"):
+                os.close(fds.pop(key))
         pidfd = os.pidfd_open(pid)
-        ready = select.select([pidfd], [], [], cfg["timeout_s"])[0]
-        if not ready:
-            timed_out = True
-            os.kill(pid, signal.SIGKILL)
-        status = os.waitpid(pid, 0)[1]
-    except (AttributeError, OSError):  # no pidfd: poll
         deadline = start + cfg["timeout_s"]
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
+            left = deadline - time.monotonic()
+            ready = select.select([pidfd, ctl], [], [], max(left, 0))[0] if left > 0 else []
+            if pidfd in ready:
                 break
-            if time.monotonic() > deadline:
-                timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                status = os.waitpid(pid, 0)[1]
-                break
-            time.sleep(0.002)
-    wall = time.monotonic() - start
-    _kill_all()
-    code = os.waitstatus_to_exitcode(status)
-    msg = {"returncode": code, "timed_out": timed_out, "wall_s": wall, "namespaces": namespaces}
+            if ctl in ready and os.read(ctl, 1):
+                continue
+            msg["cancelled" if ready else "timed_out"] = True
+            os.kill(pid, signal.SIGKILL)
+            break
+        os.waitpid(pid, 0)
+        msg["wall_s"] = time.monotonic() - start
+        with os.fdopen(report_r, "rb") as f:
+            for line in f.read().decode(errors="replace").splitlines():
+                kind, _, rest = line.partition(" ")
+                if kind == "W":
+                    code, wall = rest.split()
+                    msg["returncode"], msg["wall_s"] = int(code), float(wall)
+                elif kind == "E":
+                    msg["error"] = rest
+    except OSError as e:
+        msg["error"] = str(e)
     os.write(status_fd, json.dumps(msg).encode())
-    os.close(status_fd)
+    os._exit(0)
+
+
+def _serve(sock: socket.socket) -> None:
+    parent, me = os.getppid(), os.getpid()
+    while True:
+        while True:  # reap finished runs
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if os.getppid() != parent:
+            return
+        if not select.select([sock], [], [], 1.0)[0]:
+            continue
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+        if not data:
+            return
+        cfg = json.loads(data)
+        named = dict(zip(cfg["fds"], fds))
+        if os.fork() == 0:
+            sock.close()
+            _supervise(cfg, named, me)
+        for fd in fds:
+            os.close(fd)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    _DENY.update(cfg.get("deny", ()))
+    sock = socket.socket(fileno=cfg["fd"])
+    try:
+        _build_root()
+        if "pidfd" in _DENY or not hasattr(os, "pidfd_open"):
+            raise Missing("pidfd", "os.pidfd_open", 38)
+    except (OSError, StopIteration) as e:
+        sock.send(json.dumps({"error": str(e)}).encode())
+        return
+    sock.send(b'{"ready": true}')
+    _serve(sock)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Code rewards: run the completion's code against unit tests in the sandbox.
 
-`execute` and `ExecResult` live in `rewards/sandbox.py` and are re-exported here.
+`execute` and `ExecResult` live in `rewards/sandbox.py` and are re-exported here; assert tests
+are judged by `rewards/code_harness.py`, outside the program's process.
 """
 
 import ast
@@ -8,9 +9,17 @@ import json
 import re
 from collections.abc import Sequence
 
-from jaxrl_lrm.rewards.sandbox import ExecResult, execute
+from jaxrl_lrm.rewards.code_harness import run_assert_test
+from jaxrl_lrm.rewards.sandbox import ExecResult, SandboxUnavailable, execute
 
-__all__ = ["ExecResult", "execute", "extract_code", "parse_tests", "unit_test_reward"]
+__all__ = [
+    "ExecResult",
+    "SandboxUnavailable",
+    "execute",
+    "extract_code",
+    "parse_tests",
+    "unit_test_reward",
+]
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -98,8 +107,11 @@ def unit_test_reward(
 ) -> list[float]:
     """Fraction of `tests` passed by the last fenced code block of each completion.
 
-    Each test is a separate sandboxed run (so one test's crash or state cannot affect another):
-    for an assert test, the program is `code + "\\n" + test` and passes iff it exits 0 within
+    Each test is a separate sandboxed run (so one test's crash or state cannot affect another),
+    and the verdict never rests on the program's exit status or its own objects: for an assert
+    test the program's code runs contained and the test (which the program never sees) runs in
+    this process, calling the program's functions through a channel and comparing the plain
+    values they return with strict types (`code_harness.run_assert_test`), all within
     `timeout_s`; for a stdin/stdout case, the program is `code`, fed the input, and passes iff it
     exits 0 and its stdout equals the expected output up to trailing whitespace on each line and
     trailing blank lines. A completion with no fenced code block scores 0. See `parse_tests` for
@@ -117,6 +129,7 @@ def unit_test_reward(
 
     Raises:
       ValueError: if `tests` does not have one entry per completion, or an entry is malformed.
+      SandboxUnavailable: if the kernel lacks a feature the sandbox needs.
     """
     if len(tests) != len(completions):
         raise ValueError(f"tests has {len(tests)} entries for {len(completions)} completions")
@@ -130,8 +143,7 @@ def unit_test_reward(
         passed = 0
         for case in cases:
             if kind == "assert":
-                r = execute(f"{code}\n{case}\n", timeout_s=timeout_s, memory_mb=memory_mb)
-                passed += r.status == "ok"
+                passed += run_assert_test(code, case, timeout_s=timeout_s, memory_mb=memory_mb)
             else:
                 r = execute(code, stdin=case[0], timeout_s=timeout_s, memory_mb=memory_mb)
                 passed += r.status == "ok" and _same_output(r.stdout, case[1])

@@ -1,42 +1,41 @@
-"""Run untrusted Python in a sandboxed subprocess (`execute`).
+"""Run untrusted Python in a contained process (`execute`); the caller's side of the sandbox.
 
-Layers, each checked by `tests/rewards/test_code.py`:
-  * a fresh temporary work directory (removed afterwards) and an empty environment;
-  * network, mount and PID namespaces (plus a user namespace when not root): no network at all,
-    /tmp, /var/tmp and /dev/shm replaced by the work directory, and every process the program
-    starts dies with it;
-  * an unprivileged uid (nobody, 65534) when the caller is root;
-  * rlimits on CPU time, address space, processes, file size and open files;
-  * a wall-clock limit, stdout/stderr read incrementally and capped.
-
-Where the kernel refuses namespaces the rest still applies and a one-time warning names what is
-missing. The supervisor that sets this up is `_supervisor.py`, run as its own interpreter.
+Each calling process starts one zygote (`_supervisor.py`, its own interpreter) on first use: it
+builds a private read-only root and then forks one contained run per request, so a run costs a
+few forks instead of two interpreter start-ups. Every run gets its own PID, mount, IPC, network,
+UTS and user namespaces, a private /proc, a size-limited tmpfs as /tmp (its only writable
+place), uid nobody when the caller is root, a fresh session keyring, rlimits, no capabilities and
+no_new_privs; when the program exits, times out, or the caller closes the control pipe or dies,
+everything in the run is killed. See `docs/rewards_code_tasks.md` for what is and is not
+isolated, and the kernel features needed: when one is missing `execute` raises
+`SandboxUnavailable` naming it, rather than running the program less contained.
 """
 
 import dataclasses
 import json
-import logging
 import os
+import select
 import selectors
-import shutil
 import signal
-import stat
+import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 
-_log = logging.getLogger(__name__)
-
 _SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervisor.py")
-_NOBODY = 65534
 _OUTPUT_CAP = 1 << 20  # bytes kept per stream
 _NPROC = 64
 _FSIZE = 64 << 20
+_DISK_MB = 64
 _NOFILE = 64
-_WARNED: set[str] = set()
-# Tests switch this off to exercise the fallback path.
-_USE_NAMESPACES = True
+_START_TIMEOUT_S = 30.0
+# Features the zygote must treat as missing (tests use it to check the error message).
+_DENY: tuple[str, ...] = ()
+
+
+class SandboxUnavailable(RuntimeError):
+    """The kernel lacks a feature the sandbox needs; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,128 +58,96 @@ class ExecResult:
     wall_s: float
 
 
-def _world_reachable(path: str) -> bool:
-    """True iff uid `nobody` can traverse to and execute `path` (via the "other" bits)."""
-    path = os.path.realpath(path)
+@dataclasses.dataclass(frozen=True)
+class _Zygote:
+    owner: int  # the pid that started it: a forked child must start its own
+    proc: subprocess.Popen
+    sock: socket.socket
+
+
+_ZYGOTE: list[_Zygote] = []
+_LOCK = threading.Lock()
+
+
+def _start_zygote() -> _Zygote:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cfg = {"fd": theirs.fileno(), "deny": list(_DENY)}
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", _SUPERVISOR, json.dumps(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={},
+        cwd="/",
+        start_new_session=True,
+        pass_fds=(theirs.fileno(),),
+    )
+    theirs.close()
+    ours.settimeout(_START_TIMEOUT_S)
     try:
-        mode = os.stat(path).st_mode
-        if not (mode & stat.S_IXOTH and mode & stat.S_IROTH):
-            return False
-        parent = os.path.dirname(path)
-        while True:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-            if parent == "/":
-                return True
-            parent = os.path.dirname(parent)
-    except OSError:
-        return False
+        msg = json.loads(ours.recv(1 << 16) or b'{"error": "the sandbox zygote exited"}')
+    except (OSError, ValueError) as e:
+        msg = {"error": f"the sandbox zygote did not start: {e}"}
+    ours.settimeout(None)
+    if "error" in msg:
+        ours.close()
+        proc.kill()
+        proc.wait()
+        raise SandboxUnavailable(msg["error"])
+    return _Zygote(owner=os.getpid(), proc=proc, sock=ours)
 
 
-def _program_python(drop_uid: bool) -> str:
-    """The interpreter for the program: ours, unless uid nobody cannot reach it."""
-    if not drop_uid or _world_reachable(sys.executable) and _world_reachable(sys.prefix):
-        return sys.executable
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"):
-        if os.path.exists(candidate) and _world_reachable(candidate):
-            return os.path.realpath(candidate)
-    return ""
+def _zygote(restart: bool = False) -> _Zygote:
+    with _LOCK:
+        z = _ZYGOTE[0] if _ZYGOTE else None
+        if z is not None and (restart or z.owner != os.getpid() or z.proc.poll() is not None):
+            if z.owner == os.getpid():
+                shutdown()
+            _ZYGOTE.clear()
+            z = None
+        if z is None:
+            z = _start_zygote()
+            _ZYGOTE.append(z)
+        return z
 
 
-def _warn_once(key: str, message: str) -> None:
-    if key not in _WARNED:
-        _WARNED.add(key)
-        _log.warning(message)
+def shutdown() -> None:
+    """Stops this process's zygote (the next run starts a new one); runs in flight are killed."""
+    if _ZYGOTE and _ZYGOTE[0].owner == os.getpid():
+        z = _ZYGOTE.pop()
+        z.sock.close()
+        try:
+            z.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            z.proc.kill()
+            z.proc.wait()
 
 
-def _drain(proc: subprocess.Popen, stdin: bytes, deadline: float) -> tuple[bytes, bytes]:
-    """Feeds stdin and reads both output pipes until EOF or `deadline`, keeping the first bytes."""
-    sel = selectors.DefaultSelector()
-    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    for f in (proc.stdout, proc.stderr):
-        os.set_blocking(f.fileno(), False)
-        sel.register(f.fileno(), selectors.EVENT_READ)
-    pending = memoryview(stdin)
-    in_fd = proc.stdin.fileno()
-    os.set_blocking(in_fd, False)
-    if pending:
-        sel.register(in_fd, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        for key, _ in sel.select(timeout=min(left, 0.5)):
-            fd = key.fd
-            if fd == in_fd:
-                try:
-                    n = os.write(fd, pending[:65536])
-                    pending = pending[n:]
-                except (BrokenPipeError, BlockingIOError) as e:
-                    if isinstance(e, BlockingIOError):
-                        continue
-                    pending = pending[:0]
-                if not pending:
-                    sel.unregister(fd)
-                    proc.stdin.close()
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                sel.unregister(fd)
-            elif len(kept[fd]) < _OUTPUT_CAP:
-                kept[fd] += chunk[: _OUTPUT_CAP - len(kept[fd])]
-    sel.close()
-    return bytes(kept[proc.stdout.fileno()]), bytes(kept[proc.stderr.fileno()])
+def start_run(
+    mode: str, program: str, *, timeout_s: float, memory_mb: int, fds: dict[str, int]
+) -> tuple[int, int]:
+    """Starts one contained run; returns `(ctl_w, status_r)`.
 
-
-def execute(
-    program: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512
-) -> ExecResult:
-    """Runs `program` (Python source) in the sandbox described in the module docstring.
-
-    Args:
-      program: Python source, run as `python -I -S -B prog.py` inside the work directory.
-      stdin: text fed to the program's standard input.
-      timeout_s: wall-clock limit in seconds (the CPU-time rlimit is `ceil(timeout_s) + 1`).
-      memory_mb: address-space limit in MiB (RLIMIT_AS, so it bounds virtual memory).
-
-    Returns:
-      An `ExecResult`. Never raises for anything the program does.
-
-    Raises:
-      ValueError: if `timeout_s` or `memory_mb` is not positive, or `program` is not a string.
+    `mode` is "exec" (`fds` has "stdin", "stdout", "stderr") or "serve" (`fds` has "rpc": the
+    program's end of the harness channel, its fd 3). The descriptors in `fds` are closed here.
+    Closing `ctl_w` kills the run; `status_r` yields one JSON status line once it is over.
     """
-    if not isinstance(program, str):
-        raise ValueError(f"program must be a str, got {type(program).__name__}")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if not memory_mb > 0:
-        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
-    is_root = os.geteuid() == 0
-    python = _program_python(is_root)
-    drop_uid = is_root and bool(python)
-    if is_root and not python:
-        python = sys.executable
-        _warn_once(
-            "uid",
-            f"sandbox: no Python interpreter reachable by uid {_NOBODY} ({sys.executable} is not);"
-            " programs run as root (inside the namespaces). Install a world-readable python3.",
-        )
-    workdir = tempfile.mkdtemp(prefix="jaxrl_sandbox_")
+    data = program.encode("utf-8", "surrogatepass")
+    prog = os.memfd_create("prog", os.MFD_CLOEXEC)
+    ctl_r, ctl_w = os.pipe()
+    status_r, status_w = os.pipe()
+    mine = {"ctl": ctl_r, "status": status_w, "prog": prog, **fds}
     try:
-        with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8") as f:
-            f.write(program)
-        if drop_uid:
-            os.chown(workdir, _NOBODY, _NOBODY)
-            os.chown(os.path.join(workdir, "prog.py"), _NOBODY, _NOBODY)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(prog, view) :]
         cfg = {
-            "workdir": workdir,
-            "python": python,
-            "namespaces": _USE_NAMESPACES,
-            "uid": _NOBODY if drop_uid else None,
-            "gid": _NOBODY if drop_uid else None,
+            "mode": mode,
+            "fds": list(mine),
             "timeout_s": float(timeout_s),
+            "prog_len": len(data),
+            "disk_mb": _DISK_MB,
+            "host_root": os.geteuid() == 0,
             "limits": {
                 "cpu_s": int(timeout_s) + 2,
                 "as_bytes": int(memory_mb) << 20,
@@ -189,49 +156,137 @@ def execute(
                 "nofile": _NOFILE,
             },
         }
-        return _run(cfg, stdin.encode("utf-8", "replace"))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _run(cfg: dict, stdin: bytes) -> ExecResult:
-    status_r, status_w = os.pipe()
-    cfg = {**cfg, "status_fd": status_w}
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", _SUPERVISOR, json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cfg["workdir"],
-            env={},
-            start_new_session=True,
-            pass_fds=(status_w,),
-        )
-    finally:
-        os.close(status_w)
-    # The supervisor enforces the limit; this backstop only catches a supervisor that hangs.
-    deadline = time.monotonic() + cfg["timeout_s"] + 5.0
-    try:
-        out, err = _drain(proc, stdin, deadline)
+        payload = [json.dumps(cfg).encode()]
         try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            pass
+            socket.send_fds(_zygote().sock, payload, list(mine.values()))
+        except OSError:  # the zygote died (or was killed): one fresh start
+            socket.send_fds(_zygote(restart=True).sock, payload, list(mine.values()))
+    except BaseException:
+        os.close(ctl_w)
+        os.close(status_r)
+        raise
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f is not None and not f.closed:
-                f.close()
-        with os.fdopen(status_r, "rb") as f:
-            raw = f.read()
+        for fd in mine.values():
+            os.close(fd)
+    return ctl_w, status_r
+
+
+def read_status(status_r: int, deadline: float) -> dict | None:
+    """The run's status line (closing `status_r`), or None if it did not come by `deadline`."""
+    raw = bytearray()
     try:
-        msg = json.loads(raw)
-    except ValueError:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([status_r], [], [], left)[0]:
+                return None
+            chunk = os.read(status_r, 1 << 16)
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(status_r)
+    msg = json.loads(raw) if raw else None
+    if msg is not None and msg["error"]:
+        raise SandboxUnavailable(msg["error"])
+    return msg
+
+
+def _drain(fds: dict[str, int], stdin: bytes, deadline: float) -> tuple[bytes, bytes]:
+    """Feeds stdin and reads both output pipes until EOF or `deadline`, keeping the first bytes."""
+    sel = selectors.DefaultSelector()
+    out, err, in_fd = fds["stdout"], fds["stderr"], fds["stdin"]
+    kept = {out: bytearray(), err: bytearray()}
+    for fd in (out, err, in_fd):
+        os.set_blocking(fd, False)
+    sel.register(out, selectors.EVENT_READ)
+    sel.register(err, selectors.EVENT_READ)
+    pending = memoryview(stdin)
+    if pending:
+        sel.register(in_fd, selectors.EVENT_WRITE)
+    else:
+        os.close(in_fd)
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for key, _ in sel.select(timeout=min(left, 0.5)):
+            fd = key.fd
+            if fd == in_fd:
+                try:
+                    pending = pending[os.write(fd, pending[:65536]) :]
+                except BlockingIOError:
+                    continue
+                except OSError:  # the program closed stdin
+                    pending = pending[:0]
+                if not pending:
+                    sel.unregister(fd)
+                    os.close(fd)
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                sel.unregister(fd)
+            elif len(kept[fd]) < _OUTPUT_CAP:
+                kept[fd] += chunk[: _OUTPUT_CAP - len(kept[fd])]
+    if in_fd in sel.get_map():
+        os.close(in_fd)
+    sel.close()
+    os.close(out)
+    os.close(err)
+    return bytes(kept[out]), bytes(kept[err])
+
+
+def execute(
+    program: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512
+) -> ExecResult:
+    """Runs `program` (Python source) as `prog.py` in a contained run (see the module docstring).
+
+    Args:
+      program: Python source, run as `__main__` in a Python started like `python -I -S -B`.
+      stdin: text fed to the program's standard input.
+      timeout_s: wall-clock limit in seconds (the CPU-time rlimit is `int(timeout_s) + 2`).
+      memory_mb: address-space limit in MiB (RLIMIT_AS, so it bounds virtual memory).
+
+    Returns:
+      An `ExecResult`. Never raises for anything the program does.
+
+    Raises:
+      ValueError: if `timeout_s` or `memory_mb` is not positive, or `program` is not a string.
+      SandboxUnavailable: if the kernel lacks a feature the sandbox needs (the message says which).
+    """
+    if not isinstance(program, str):
+        raise ValueError(f"program must be a str, got {type(program).__name__}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if not memory_mb > 0:
+        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        ctl_w, status_r = start_run(
+            "exec",
+            program,
+            timeout_s=timeout_s,
+            memory_mb=memory_mb,
+            fds={"stdin": in_r, "stdout": out_w, "stderr": err_w},
+        )
+    except BaseException:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise
+    # The supervisor enforces the limit; this backstop only catches one that hangs.
+    deadline = time.monotonic() + timeout_s + 5.0
+    try:
+        out, err = _drain(
+            {"stdin": in_w, "stdout": out_r, "stderr": err_r},
+            stdin.encode("utf-8", "replace"),
+            deadline,
+        )
+        msg = read_status(status_r, deadline)
+    finally:
+        os.close(ctl_w)
+    if msg is None:
         return ExecResult(status="timeout", returncode=-9, stdout="", stderr="", wall_s=0.0)
-    _check_namespaces(msg["namespaces"])
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
     code = msg["returncode"]
@@ -244,16 +299,3 @@ def _run(cfg: dict, stdin: bytes) -> ExecResult:
     return ExecResult(
         status=status, returncode=code, stdout=stdout, stderr=stderr, wall_s=msg["wall_s"]
     )
-
-
-def _check_namespaces(got: list[str]) -> None:
-    want = {"net", "mount", "pid"} | ({"user"} if os.geteuid() != 0 else set())
-    missing = sorted(want - set(got))
-    if missing:
-        _warn_once(
-            "ns",
-            f"sandbox: could not create the {', '.join(missing)} namespace(s); running without "
-            "them (no network isolation without 'net', daemons may outlive the program without "
-            "'pid', /tmp is shared without 'mount'). Needs root, or unprivileged user namespaces "
-            "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0).",
-        )

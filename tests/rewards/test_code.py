@@ -1,6 +1,5 @@
 """Sandbox attack suite and unit-test reward, checked against hand-computed outcomes."""
 
-import logging
 import os
 import socket
 import tempfile
@@ -15,10 +14,6 @@ from jaxrl_lrm.rewards import sandbox
 from jaxrl_lrm.rewards.code import execute, extract_code, parse_tests, unit_test_reward
 
 ROOT = os.geteuid() == 0
-
-
-def _sandbox_dirs() -> set[str]:
-    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("jaxrl_sandbox_")}
 
 
 def _leftovers(marker: str) -> list[int]:
@@ -36,9 +31,7 @@ def _leftovers(marker: str) -> list[int]:
 
 @pytest.fixture
 def clean():
-    before = _sandbox_dirs()
     yield
-    assert _sandbox_dirs() - before == set(), "temporary work directories left behind"
     assert _leftovers("31.4159") == [], "sandboxed processes survived"
 
 
@@ -197,15 +190,20 @@ def test_huge_output_is_capped(clean):
     assert psutil.Process().memory_info().rss - rss < 100 << 20
 
 
-def test_fallback_without_namespaces_warns_once(clean, monkeypatch, caplog):
-    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
-    monkeypatch.setattr(sandbox, "_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
-        r1 = execute(_daemon_prog(), timeout_s=2)
-        r2 = execute("while True: pass", timeout_s=1)
-    warnings = [rec.getMessage() for rec in caplog.records if "namespace" in rec.getMessage()]
-    assert len(warnings) == 1 and "net" in warnings[0] and "pid" in warnings[0]
-    assert r1.stdout == "parent done\n" and r2.status == "timeout"
+@pytest.mark.parametrize(
+    ("feature", "words"),
+    [("net", "network namespaces"), ("user", "user namespaces"), ("pivot_root", "pivot_root")],
+)
+def test_missing_kernel_feature_raises_naming_it(monkeypatch, feature, words):
+    sandbox.shutdown()
+    monkeypatch.setattr(sandbox, "_DENY", (feature,))
+    try:
+        with pytest.raises(sandbox.SandboxUnavailable, match=words):
+            execute("print(1)", timeout_s=2)
+        with pytest.raises(sandbox.SandboxUnavailable, match=words):
+            unit_test_reward(["p"], [CODE_OK], [["assert add(1, 2) == 3"]], timeout_s=2)
+    finally:
+        sandbox.shutdown()
 
 
 def test_execute_rejects_bad_arguments():

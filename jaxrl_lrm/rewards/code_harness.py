@@ -1,0 +1,199 @@
+"""Assert tests judged by the trusted caller, never by the program's own process or exit status.
+
+The program runs contained (`sandbox.start_run(mode="serve")`): its code executes as
+`__main__`, then a stub answers requests on a private channel. The test itself (set-up
+statements and asserts, which the program never sees) runs here, in the caller: every global
+the test reads that the program defines (or that nothing defines) is a `_Remote` stand-in, so
+`add(1, 2)` becomes one request and its reply is rebuilt from plain builtins by `_wire.decode`.
+Nothing the program returns can carry its own `__eq__`, `__bool__` or `__hash__`; anything that
+is not plain data stays on the program's side as a handle whose truth and equality are refused.
+Asserts are rewritten with `ast` into calls of `_check` (so `-O` means nothing) and each
+single `==` / `!=` of an assert into `_same`, which also requires equal types (int and float may
+mix, bool may not). A test passes only if all of this finishes by the deadline without an
+exception; the program exiting early, crashing or hanging fails it.
+"""
+
+import ast
+import builtins
+import os
+import select
+import socket
+import time
+
+from jaxrl_lrm.rewards import _wire, sandbox
+
+
+class _Failed(Exception):
+    pass
+
+
+class _Consumed:
+    """An iterator the program returned, already consumed: iterable, equal only to itself."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class _Channel:
+    """The trusted end of the request channel, with the test's deadline."""
+
+    def __init__(self, fd: int, deadline: float):
+        self.fd, self.deadline = fd, deadline
+
+    def _read(self, fd, n):
+        left = self.deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise _Failed("deadline")
+        return os.read(fd, n)
+
+    def request(self, msg: dict):
+        view = memoryview(_wire.dumps(msg))
+        while view:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+                raise _Failed("deadline")
+            view = view[os.write(self.fd, view) :]
+        reply = _wire.recv(self.fd, self._read)
+        if "e" in reply:
+            raise _Failed(f"the program raised {str(reply['e'])[:200]}")
+        return _wire.decode(reply["v"], lambda i: _Remote(self, ["h", i]), _Consumed)
+
+
+def _send(value):
+    def handle(obj):
+        if isinstance(obj, _Remote) and obj._ref[0] == "h":
+            return obj._ref[1]
+        raise _Failed(f"cannot pass {type(obj).__name__} to the program")
+
+    return _wire.encode(value, handle)
+
+
+class _Remote:
+    """A name or object on the program's side: calls, attributes and items become requests."""
+
+    __slots__ = ("_chan", "_ref")
+
+    def __init__(self, chan: _Channel, ref: list):
+        object.__setattr__(self, "_chan", chan)
+        object.__setattr__(self, "_ref", ref)
+
+    def __call__(self, *args, **kwargs):
+        msg = {"op": "call", "ref": self._ref, "args": [_send(a) for a in args]}
+        return self._chan.request({**msg, "kw": {k: _send(v) for k, v in kwargs.items()}})
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._chan.request({"op": "getattr", "ref": self._ref, "name": name})
+
+    def __getitem__(self, key):
+        return self._chan.request({"op": "getitem", "ref": self._ref, "key": _send(key)})
+
+    def __iter__(self):
+        raise _Failed("a program object is not plain data")
+
+    def __bool__(self):
+        raise _Failed("a program object is not plain data")
+
+
+def _same(a, b) -> bool:
+    """Equality that trusts neither side's methods: equal builtin types and equal values."""
+    if isinstance(a, _Remote | _Consumed) or isinstance(b, _Remote | _Consumed):
+        return False
+    ta, tb = type(a), type(b)
+    if ta is not tb:
+        return {ta, tb} <= {int, float} and a == b
+    if ta is list or ta is tuple:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if ta is dict:
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _check(value) -> None:
+    if isinstance(value, _Remote | _Consumed) or not value:
+        raise _Failed("assertion failed")
+
+
+class _Rewrite(ast.NodeTransformer):
+    """`assert t` -> `_check(t)`; inside asserts, `a == b` -> `_same(a, b)` (and `!=`)."""
+
+    def __init__(self):
+        self.in_assert = False
+
+    def visit_Assert(self, node):
+        self.in_assert = True
+        test = self.visit(node.test)
+        self.in_assert = False
+        call = ast.Call(ast.Name("_jaxrl_check", ast.Load()), [test], [])
+        return ast.copy_location(ast.Expr(call), node)
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        if not self.in_assert or len(node.ops) != 1 or type(node.ops[0]) not in (ast.Eq, ast.NotEq):
+            return node
+        call = ast.Call(ast.Name("_jaxrl_same", ast.Load()), [node.left, node.comparators[0]], [])
+        if isinstance(node.ops[0], ast.NotEq):
+            call = ast.UnaryOp(ast.Not(), call)
+        return ast.copy_location(call, node)
+
+
+def _top_level_names(code: str) -> set[str]:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    names = set()
+    for node in tree.body:
+        for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef | ast.ClassDef) else ():
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                names.add(sub.id)
+            elif isinstance(sub, ast.alias):
+                names.add((sub.asname or sub.name).split(".")[0])
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+    return names
+
+
+def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -> bool:
+    """True iff `test` (set-up statements and asserts) passes against the program `code`.
+
+    Raises:
+      SandboxUnavailable: if the kernel lacks a feature the sandbox needs.
+    """
+    try:
+        tree = ast.fix_missing_locations(_Rewrite().visit(ast.parse(test)))
+        compiled = compile(tree, "<test>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    start = time.monotonic()
+    ctl_w, status_r = sandbox.start_run(
+        "serve",
+        code,
+        timeout_s=timeout_s + 1.0,
+        memory_mb=memory_mb,
+        fds={"rpc": theirs.detach()},
+    )
+    chan = _Channel(ours.fileno(), start + timeout_s)
+    defined = _top_level_names(code)
+    env = {"__builtins__": builtins, "__name__": "__test__"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and (node.id in defined or not hasattr(builtins, node.id)):
+            env[node.id] = _Remote(chan, ["n", node.id])
+    env.update(_jaxrl_check=_check, _jaxrl_same=_same)
+    try:
+        exec(compiled, env)
+        passed = True
+    except Exception:  # noqa: BLE001 - any failure of the test, or of the program, fails it
+        passed = False
+    finally:
+        ours.close()
+        os.close(ctl_w)  # kills the run now
+    sandbox.read_status(status_r, time.monotonic() + 10.0)
+    return passed
