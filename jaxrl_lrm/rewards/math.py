@@ -1,99 +1,49 @@
-"""Verifiable math rewards: answer extraction and mathematical equivalence with a hard deadline.
+"""Verifiable math rewards: answer extraction and Math-Verify equivalence with a hard deadline.
 
-`verify(response, gold)` extracts the final answer, normalises both sides (`math_latex`), and
-compares them structurally (`math_compare`): first in-process with string and exact-number
-checks only, which settles most real answers in microseconds; what is left (symbolic
-expressions, equations) goes to a pool of SymPy worker processes (`math_pool`) that are killed
-and replaced when a call overruns its `timeout_s`. Nothing here imports JAX.
+`verify(response, gold)` extracts the final answer (`math_fast.extract_answer`, linear time)
+and first tries the in-process fast path (`math_fast.fast_compare`: equal strings, exact
+numbers, multiple-choice letters), which settles most real answers in microseconds. What is
+left goes to Math-Verify (Hugging Face's `math-verify`, on SymPy and `latex2sympy2_extended`)
+in a pool of worker processes (`math_pool`) that are killed and replaced when a call overruns
+its `timeout_s`; responses too long for the host's bounded work are extracted in the pool too.
+Nothing here imports JAX, SymPy or Math-Verify.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from jaxrl_lrm.rewards import math_pool
-from jaxrl_lrm.rewards.math_compare import cheap_leaf, compare_nodes, parse
-from jaxrl_lrm.rewards.math_latex import MAX_ANSWER_CHARS, choice_letter, normalize, squash
+from jaxrl_lrm.rewards.math_fast import (
+    _BOX_RE,
+    bare_answer,
+    boxed_content,
+    extract_answer,
+    extract_gsm8k_answer,
+    fast_compare,
+)
 
-__all__ = ["extract_answer", "extract_gsm8k_answer", "verify", "accuracy_reward", "warmup"]
+__all__ = [
+    "extract_answer",
+    "extract_gsm8k_answer",
+    "verify",
+    "accuracy_reward",
+    "accuracy_reward_lenient",
+    "warmup",
+]
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
-_BARE_MAX_CHARS = 64
-_BARE_WORDS = {"sqrt", "infty", "infinity", "frac", "dfrac", "tfrac", "text", "cdot", "times"}
+HOST_MAX_CHARS = 200_000  # longer responses are extracted inside the pool (killable)
 _CACHE_SIZE = 1 << 14
-_cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
+_cache: OrderedDict[tuple, bool] = OrderedDict()
 _cache_lock = threading.Lock()
-
-
-def _boxed_content(text: str, start: int) -> str | None:
-    """Content after `\\boxed` at `text[start:]`: a balanced `{...}` group or `\\boxed 5`."""
-    i = start
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        depth = 0
-        for j in range(i, len(text)):
-            depth += (text[j] == "{") - (text[j] == "}")
-            if depth == 0:
-                return text[i + 1 : j].strip()
-        return None
-    if i > start:  # `\boxed 5`: the token up to whitespace or `$`
-        m = re.match(r"[^\s$]+", text[i:])
-        return m.group(0) if m else None
-    return None
-
-
-def extract_answer(text: str) -> str | None:
-    """Final answer in `text`.
-
-    Returns the content of the last `\\boxed{...}` or `\\fbox{...}` (nested braces handled,
-    also `\\boxed 5`); else of the last `<answer>...</answer>`; else `None`. Non-strings give
-    `None`.
-    """
-    if not isinstance(text, str):
-        return None
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        content = _boxed_content(text, m.end())
-        if content is not None:
-            return content
-    start = text.rfind("<answer>")
-    if start >= 0:
-        m = _ANSWER_RE.match(text, start)
-        if m:
-            return m.group(1).strip()
-    return None
-
-
-def extract_gsm8k_answer(text: str) -> str | None:
-    """The answer after the last `####` of a GSM8K solution (`"... #### 1,234"` -> `"1234"`)."""
-    if not isinstance(text, str):
-        return None
-    i = text.rfind("####")
-    if i < 0:
-        return None
-    line = text[i + 4 :].strip().split("\n", 1)[0].strip()
-    line = re.sub(r"(?<=\d),(?=\d{3}\b)", "", line).replace("$", "").strip()
-    return line or None
-
-
-def _bare_answer(text: str) -> str | None:
-    """`text` itself when it is a short one-line answer rather than prose."""
-    s = text.strip().strip("$").strip()
-    if not s or len(s) > _BARE_MAX_CHARS or "\n" in s:
-        return None
-    for word in re.findall(r"(?<![\\A-Za-z])[A-Za-z]{3,}", s):
-        if word not in _BARE_WORDS:
-            return None
-    return s
+_boxed_content = boxed_content  # used by rewards.format
 
 
 def _gold_answer(gold) -> str | None:
+    """A gold answer as a bare string: numbers, GSM8K solutions and boxed texts reduced."""
     if isinstance(gold, bool) or gold is None:
         return None
     if isinstance(gold, int | float):
@@ -107,7 +57,7 @@ def _gold_answer(gold) -> str | None:
     return gold.strip() or None
 
 
-def _cached(key: tuple[str, str]) -> bool | None:
+def _cached(key: tuple) -> bool | None:
     with _cache_lock:
         r = _cache.get(key)
         if r is not None:
@@ -115,62 +65,70 @@ def _cached(key: tuple[str, str]) -> bool | None:
         return r
 
 
-def _store(key: tuple[str, str], value: bool) -> None:
+def _store(key: tuple, value: bool) -> None:
     with _cache_lock:
         _cache[key] = value
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
 
 
-def verify(response: str, gold, *, timeout_s: float = 2.0) -> bool:
+def _judge(response: str, gold: str, gold_raw: str | None, timeout_s: float,
+           lenient: bool) -> bool:
+    """Fast path on the host, else Math-Verify in the pool."""
+    ans = None
+    if len(response) <= HOST_MAX_CHARS:
+        ans = extract_answer(response)
+        short = ans if ans is not None else bare_answer(response)
+        if short is not None:
+            r = fast_compare(short, gold)
+            if r is not None:
+                return r
+    multi_box = ans is not None and response.count("\\boxed") > 1
+    payload = {"resp": response if ans is None or multi_box else None, "ans": ans,
+               "gold": gold, "gold_raw": gold_raw, "lenient": lenient and ans is None}
+    key = tuple(payload.values())
+    r = _cached(key)
+    if r is None:
+        r = math_pool.get_pool().compare(payload, timeout_s)
+        if r is None:
+            return False  # over time: not shown equal
+        _store(key, r)
+    return r
+
+
+def verify(response: str, gold, *, timeout_s: float = 2.0, lenient: bool = False) -> bool:
     """True iff the answer in `response` is mathematically equal to `gold`.
 
-    The answer is `extract_answer(response)`; when that is `None` the whole response is used
-    only if it is itself a bare answer (one line, at most 64 characters, no prose words:
-    `"42"`, `"x = 5"`, `"\\frac{1}{2}"`), otherwise the result is False. `gold` is a bare
-    answer (LaTeX or plain, or a number); a GSM8K solution (`#### 42`) or a text with
-    `\\boxed{}` is reduced to its answer first. A gold multiple-choice letter (`B`, `(B)`) is
-    compared by letter. See `docs/rewards_math.md` for what counts as equal.
+    The answer is `extract_answer(response)` (last `\\boxed{}`/`\\fbox{}`, else last
+    `<answer>...</answer>`, else GSM8K `#### N`); without one, the whole response when it is
+    itself a bare answer (one line, at most 64 characters, no prose words: `"42"`,
+    `"$x \\geq 5$"`), else an answer after an "answer" / "final answer is" anchor (Math-Verify's
+    anchored extraction: `Answer: \\[ 5 \\]`). With `lenient=True` the last LaTeX expression or
+    number anywhere also counts. `gold` is a bare answer (LaTeX or plain, or a number); a GSM8K
+    solution or a text with `\\boxed{}` is reduced to its answer first. Equality is Math-Verify's
+    (`docs/rewards_math.md`); a gold multiple-choice letter (`B`, `(B)`) is compared by letter.
 
-    Never raises for any `response`/`gold`; returns within about `timeout_s` (SymPy work runs
-    in worker processes that are killed on overrun; an overrun counts as not equal).
+    Never raises for any `response`/`gold`; returns within `timeout_s` + 0.5 s: Math-Verify runs
+    in worker processes that are killed on overrun (an overrun counts as not equal). Waiting for
+    a worker to finish starting (the pool's start-up, a replacement after a kill) is not charged.
 
     Raises:
         ValueError: if `timeout_s` is not a positive finite number.
     """
     if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout_s must be a positive finite number, got {timeout_s!r}")
-    deadline = time.monotonic() + timeout_s
     try:
-        ans = extract_answer(response)
-        if ans is None and isinstance(response, str):
-            ans = _bare_answer(response)
         gold_ans = _gold_answer(gold)
-        if ans is None or gold_ans is None:
+        if gold_ans is None or not isinstance(response, str) or not response.strip():
             return False
-        p, g = normalize(ans), normalize(gold_ans)
-        if not p or not g:
-            return False
-        if re.fullmatch(r"\(?[A-E]\)?", g):
-            return choice_letter(p) == g.strip("()")
-        if len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
-            return squash(p) == squash(g)
-        r = compare_nodes(parse(p), parse(g), cheap_leaf)
-        if r is not None:
-            return r
-        r = _cached((p, g))
-        if r is None:
-            r = math_pool.get_pool().compare(p, g, deadline)
-            if r is None:
-                return False
-            _store((p, g), r)
-        return r
+        gold_raw = gold if isinstance(gold, str) and gold.count("\\boxed") > 1 else None
+        return _judge(response, gold_ans, gold_raw, timeout_s, lenient)
     except Exception:  # noqa: BLE001 - the contract is "never raises"
         return False
 
 
 def warmup(workers: int | None = None) -> None:
-    """Starts the SymPy worker pool now (else the first symbolic comparison starts it)."""
+    """Starts the Math-Verify worker pool now and waits until it is ready."""
     math_pool.get_pool(workers)
 
 
@@ -181,16 +139,7 @@ def _text(completion) -> str:
     return completion if isinstance(completion, str) else ""
 
 
-def accuracy_reward(prompts: list, completions: list, answer: list, **_) -> list[float]:
-    """`1.0` where `verify(completion, answer)` holds, else `0.0`.
-
-    Completions are strings or chat-format message lists (the last message's `content` is
-    used). Completions are verified concurrently from a few threads so several SymPy workers
-    are used at once.
-
-    Raises:
-        ValueError: if `answer` is not a list with one entry per completion.
-    """
+def _score(completions: list, answer: list, lenient: bool) -> list[float]:
     if not isinstance(answer, list | tuple) or len(answer) != len(completions):
         got = len(answer) if isinstance(answer, list | tuple) else type(answer).__name__
         raise ValueError(
@@ -198,7 +147,27 @@ def accuracy_reward(prompts: list, completions: list, answer: list, **_) -> list
             f"got {got}"
         )
     texts = [_text(c) for c in completions]
+    check = lambda t, a: float(verify(t, a, lenient=lenient))
     if len(texts) <= 1:
-        return [float(verify(t, a)) for t, a in zip(texts, answer)]
+        return [check(t, a) for t, a in zip(texts, answer)]
     with ThreadPoolExecutor(max_workers=math_pool.default_size()) as ex:
-        return [float(v) for v in ex.map(verify, texts, answer)]
+        return list(ex.map(check, texts, answer))
+
+
+def accuracy_reward(prompts: list, completions: list, answer: list, **_) -> list[float]:
+    """`1.0` where `verify(completion, answer)` holds (strict extraction), else `0.0`.
+
+    Completions are strings or chat-format message lists (the last message's `content` is
+    used). Completions are verified concurrently from a few threads so several workers are used
+    at once; each has its own deadline, so one slow sample never costs the others their scores.
+
+    Raises:
+        ValueError: if `answer` is not a list with one entry per completion.
+    """
+    return _score(completions, answer, lenient=False)
+
+
+def accuracy_reward_lenient(prompts: list, completions: list, answer: list, **_) -> list[float]:
+    """Like `accuracy_reward`, but a response without an explicit final answer is also scored
+    by its last LaTeX expression or number (`verify(..., lenient=True)`)."""
+    return _score(completions, answer, lenient=True)

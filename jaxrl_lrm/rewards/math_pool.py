@@ -1,22 +1,30 @@
-"""A persistent pool of SymPy worker processes with a hard per-call deadline.
+"""A pool of Math-Verify worker processes with a hard, kill-based per-call deadline.
 
-Each worker is a plain `python -m jaxrl_lrm.rewards.math_sympy` subprocess talking JSON lines
-over pipes, so the pool works from any thread, from daemonic `multiprocessing` workers (which
-may not start `multiprocessing` children) and next to a multithreaded JAX runtime (no `fork` of
-the parent). A call takes an idle worker, writes one request and waits on the pipe with
-`select` until its deadline. When the deadline passes, a worker that is computing is killed and
-replaced at once (its replacement imports SymPy in the background while the other workers keep
-serving); a worker still starting up is kept and told to drop its late answer. No signals are
-used, so the deadline holds in every thread.
+One *zygote* subprocess (`python -m jaxrl_lrm.rewards.math_worker FD`) imports Math-Verify
+once and forks workers on request; each worker talks JSON lines over its own pair of pipes.
+The parent never forks (it may be a multithreaded JAX process) and never uses
+`multiprocessing`, so the pool works from any thread and inside daemonic `multiprocessing`
+workers. No signals are used for the deadline, so it holds in every thread.
+
+A call takes an idle worker or, when none is idle, forks a new one (milliseconds: the zygote
+has already imported everything); its deadline starts when its request is written. If the
+answer is not back by then, the worker is killed (`SIGKILL`, which also stops work stuck inside
+SymPy's C code) and the call returns `None` at once, while a background thread forks a
+replacement (restarting the zygote first if it has died). A worker has
+at most one request in flight and every answer carries its request id, so a late answer can
+never be taken for another call's. Starting the zygote (about a second) happens once, before
+the first call's deadline starts, and is not charged to it.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
-import queue
 import select
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,120 +33,205 @@ import time
 import jaxrl_lrm
 
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jaxrl_lrm.__file__)))
+STARTUP_TIMEOUT_S = 120.0
+MAX_WORKERS = 64  # concurrent calls beyond this wait for a worker
+_ids = itertools.count()
 
 
-STARTUP_TIMEOUT_S = 60.0
+def _read_line(fd: int, buf: bytearray, deadline: float) -> bytes | None:
+    """The next line from `fd` (buffered in `buf`), or `None` at `deadline`; EOFError at EOF."""
+    while True:
+        i = buf.find(b"\n")
+        if i >= 0:
+            line = bytes(buf[:i])
+            del buf[: i + 1]
+            return line.strip()
+        left = max(0.0, deadline - time.monotonic())  # 0: one last non-blocking poll
+        if not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise EOFError("peer exited")
+        buf.extend(chunk)
 
 
-class _Worker:
-    """One SymPy subprocess and its read buffer; used by one thread at a time."""
+class _Zygote:
+    """The subprocess that has imported Math-Verify and forks ready workers."""
 
     def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PKG_ROOT, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxrl_lrm.rewards.math_sympy"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, close_fds=True,
+            [sys.executable, "-m", "jaxrl_lrm.rewards.math_worker", str(theirs.fileno())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, pass_fds=[theirs.fileno()],
         )
-        self.buf = b""
-        self.ready = False
-        self.stale = 0  # answers still owed to callers that gave up waiting
+        theirs.close()
+        self.sock, self.buf = ours, bytearray()
+        if _read_line(ours.fileno(), self.buf, time.monotonic() + STARTUP_TIMEOUT_S) != b"ready":
+            self.close()
+            raise RuntimeError("math_worker zygote did not start")
 
-    def _lines(self, deadline: float):
-        """Yields protocol lines until `deadline`; stops early on end of file."""
-        fd = self.proc.stdout.fileno()
-        while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                yield line.strip()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            readable, _, _ = select.select([fd], [], [], left)
-            if not readable:
-                return
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise EOFError("worker exited")
-            self.buf += chunk
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Blocks until the worker has imported SymPy (its `ready` line), up to `timeout_s`."""
-        if self.ready:
-            return True
+    def fork(self) -> tuple[int, int, int]:
+        """`(pid, request write fd, response read fd)` of a new worker."""
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
         try:
-            for line in self._lines(time.monotonic() + timeout_s):
-                if line == b"ready":
-                    self.ready = True
-                    return True
-        except (OSError, EOFError):
-            pass
-        return False
+            socket.send_fds(self.sock, [b"f"], [req_r, resp_w])
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        line = _read_line(self.sock.fileno(), self.buf, time.monotonic() + 30.0)
+        if line is None:
+            raise OSError("zygote did not fork")
+        return int(line), req_w, resp_r
 
-    def request(self, pred: str, gold: str, deadline: float) -> bool | None:
-        """The worker's verdict, or `None` if `deadline` passed first."""
-        self.proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-        self.proc.stdin.flush()
-        for line in self._lines(deadline):
-            if line == b"ready":
-                self.ready = True
-            elif self.stale:
-                self.stale -= 1
-            else:
-                return line == b"1"
-        self.stale += 1
-        return None
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()  # the zygote exits on end of file
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Worker:
+    """One forked worker: its pid and its two pipe ends; used by one thread at a time."""
+
+    def __init__(self, pid: int, req_w: int, resp_r: int) -> None:
+        self.pid, self.req_w, self.resp_r = pid, req_w, resp_r
+        os.set_blocking(req_w, False)  # a big request is written as the worker reads it
+        self.buf = bytearray()
+        self.alive = True
+
+    def request(self, payload: dict, timeout_s: float) -> bool | None:
+        """The worker's verdict, or `None` if `timeout_s` passed first."""
+        rid = next(_ids)
+        data = (json.dumps({**payload, "id": rid}) + "\n").encode()
+        deadline = time.monotonic() + timeout_s
+        view = memoryview(data)
+        while view:  # large requests: write as the worker reads, within the deadline
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([], [self.req_w], [], left)[1]:
+                return None
+            try:
+                view = view[os.write(self.req_w, view) :]
+            except BlockingIOError:
+                pass
+        while True:
+            line = _read_line(self.resp_r, self.buf, deadline)
+            if line is None:
+                return None
+            got, _, verdict = line.partition(b" ")
+            if got == str(rid).encode():
+                return verdict == b"1"
 
     def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
+        if self.alive:
+            self.alive = False
             try:
-                f.close()
+                os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
+            for fd in (self.req_w, self.resp_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Lets the worker exit by itself (its request pipe reaches end of file)."""
+        if self.alive:
+            self.alive = False
+            for fd in (self.req_w, self.resp_r):
+                os.close(fd)
 
 
 class _Pool:
     def __init__(self, size: int) -> None:
         self.pid = os.getpid()
         self.size = size
-        self.idle: queue.Queue[_Worker] = queue.Queue()
-        workers = [_Worker() for _ in range(size)]  # start them all, then wait for each
-        for w in workers:
-            # A new pool's start-up (importing SymPy, ~1 s) is not charged to the first
-            # comparisons: without this wait the first symbolic checks of a process would
-            # time out and count a right answer as wrong. Replacements of killed workers
-            # start while the others serve.
-            w.wait_ready(STARTUP_TIMEOUT_S)
-            self.idle.put(w)
+        self.lock = threading.Condition()
+        self.zlock = threading.Lock()
+        self.zygote = _Zygote()
+        self.idle = [self._spawn() for _ in range(size)]
+        self.count = size
+        self.closed = False
 
-    def compare(self, pred: str, gold: str, deadline: float) -> bool | None:
+    def _spawn(self) -> _Worker:
+        with self.zlock:
+            if not self.zygote.alive():
+                self.zygote.close()
+                self.zygote = _Zygote()
+            return _Worker(*self.zygote.fork())
+
+    def _acquire(self) -> _Worker:
+        with self.lock:
+            while not self.idle and self.count >= MAX_WORKERS and not self.closed:
+                self.lock.wait(0.05)
+            if self.closed:
+                raise RuntimeError("pool closed")
+            if self.idle:
+                return self.idle.pop()
+            self.count += 1
         try:
-            w = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
-        result, dead = None, False
+            return self._spawn()
+        except Exception:
+            with self.lock:
+                self.count -= 1
+            raise
+
+    def _release(self, w: _Worker | None) -> None:
+        with self.lock:
+            if w is None:
+                self.count -= 1
+            elif self.closed:
+                w.close()
+            else:
+                self.idle.append(w)
+            self.lock.notify()
+
+    def compare(self, payload: dict, timeout_s: float) -> bool | None:
+        """Math-Verify's verdict on `payload`, or `None` when it took longer than `timeout_s`."""
+        w = self._acquire()
+        result = None
         try:
-            result = w.request(pred, gold, deadline)
+            result = w.request(payload, timeout_s)
         except (OSError, EOFError, ValueError):
-            dead = True
-        if dead or (result is None and w.ready) or w.stale > 2:
+            pass
+        if result is None:
             w.kill()
-            w = _Worker()
-        self.idle.put(w)
+            self._release(None)
+            threading.Thread(target=self._refill, daemon=True).start()
+        else:
+            self._release(w)
         return result
 
-    def close(self) -> None:
-        while True:
-            try:
-                self.idle.get_nowait().kill()
-            except queue.Empty:
+    def _refill(self) -> None:
+        """Forks a replacement for a killed worker while the caller returns."""
+        with self.lock:
+            if self.closed or self.count >= self.size:
                 return
+            self.count += 1
+        try:
+            w = self._spawn()
+        except Exception:  # noqa: BLE001 - the next call that needs a worker forks one
+            w = None
+        self._release(w)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for w in self.idle:
+                w.close()
+            self.idle = []
+            self.lock.notify_all()
+        with self.zlock:
+            self.zygote.close()
 
 
 _POOL: _Pool | None = None
@@ -150,7 +243,7 @@ def default_size() -> int:
 
 
 def get_pool(size: int | None = None) -> _Pool:
-    """The process-wide pool, created on first use (and again after a `fork`)."""
+    """The process-wide pool, created (and waited for) on first use and again after a `fork`."""
     global _POOL
     with _LOCK:
         if _POOL is None or _POOL.pid != os.getpid() or (size and size != _POOL.size):
@@ -164,7 +257,7 @@ def get_pool(size: int | None = None) -> _Pool:
 
 
 def shutdown() -> None:
-    """Kills the worker processes; the next SymPy comparison starts a new pool."""
+    """Stops the workers and the zygote; the next comparison starts a new pool."""
     global _POOL
     with _LOCK:
         if _POOL is not None and _POOL.pid == os.getpid():

@@ -1,0 +1,203 @@
+"""Linear-time answer extraction and the in-process fast path of math answer checking.
+
+Pure standard library (no SymPy, no Math-Verify, no JAX). Everything here is linear in the
+length of its input: `extract_answer` matches braces with one stack pass instead of rescanning
+the text for every `\\boxed{`, so thousands of unclosed `\\boxed{` cost one pass. The fast
+path (`fast_compare`) only answers when it is sure (equal strings after light normalisation,
+exact numbers, multiple-choice letters); everything else goes to Math-Verify in the pool.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_BRACE_RE = re.compile(r"[{}]")
+_TOKEN_RE = re.compile(r"[^\s$]+")
+_BARE_MAX_CHARS = 64
+BARE_BLOCK_CHARS = 1000
+_BARE_WORDS = frozenset(
+    "sqrt infty infinity frac dfrac tfrac text cdot times and pmatrix bmatrix matrix begin end "
+    "left right circ percent percentage pct leq geq neq le ge cup cap emptyset pi theta alpha beta "
+    "mathrm mbox mathbf sin cos tan log ln exp".split()
+)
+_CHOICE_GOLD_RE = re.compile(r"\(?([A-E])\)?")
+_CHOICE_RE = re.compile(r"\(?([A-E])\)?(?:[.:)]?\s.*)?|\(([A-E])\).*")
+_NUM_RE = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:e[+-]?\d{1,3})?")
+_FRAC_RE = re.compile(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}|([+-]?\d+)/(\d+)")
+_UNIT_WORDS = (
+    "cm m km mm kg g mg l ml s min h hr hrs sec hours hour minutes minute seconds second days day "
+    "weeks years months inches inch in ft feet foot yards miles mile meters meter metres mph "
+    "dollars dollar cents cent units unit degrees degree pounds lbs liters people students"
+).split()
+_UNIT_RE = re.compile(
+    r"(?:\\(?:text|mbox|mathrm)\{\s*[A-Za-z ]*\}|(?<=\d)(?:" + "|".join(_UNIT_WORDS) + r"))"
+    r"(?:\^\{?[23]\}?)?$"
+)
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~|\s+")
+_MAX_NUMBER_CHARS = 40
+EXACT_REL_GAP = 1e-5  # exact numbers this far apart are unequal under any rounding
+
+
+def matching_braces(text: str) -> dict[int, int]:
+    """`{open index: close index}` for every balanced `{...}` in `text` (one stack pass)."""
+    partner, stack = {}, []
+    for m in _BRACE_RE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            partner[stack.pop()] = m.start()
+    return partner
+
+
+def _box_at(text: str, start: int, partner: dict[int, int]) -> str | None:
+    """Content after `\\boxed` ending at `start`: a balanced `{...}` group or `\\boxed 5`."""
+    i = start
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        j = partner.get(i)
+        return None if j is None else text[i + 1 : j].strip()
+    if i > start:  # `\boxed 5`: the token up to whitespace or `$`
+        m = _TOKEN_RE.match(text, i)
+        return m.group(0) if m else None
+    return None
+
+
+def _partners_from(text: str, start: int) -> dict[int, int]:
+    """`matching_braces` of `text[start:]`, indexed in `text`."""
+    return {k + start: v + start for k, v in matching_braces(text[start:]).items()}
+
+
+def boxed_content(text: str, start: int) -> str | None:
+    """Content of the `\\boxed` whose name ends at `text[start]` (None if unbalanced)."""
+    return _box_at(text, start, _partners_from(text, start))
+
+
+def extract_gsm8k_answer(text: str) -> str | None:
+    """The answer after the last `####` of a GSM8K solution (`"... #### 1,234"` -> `"1234"`)."""
+    if not isinstance(text, str):
+        return None
+    i = text.rfind("####")
+    if i < 0:
+        return None
+    line = text[i + 4 :].strip().split("\n", 1)[0].strip()
+    line = re.sub(r"(?<=\d),(?=\d{3}\b)", "", line).replace("$", "").strip()
+    return line or None
+
+
+def extract_answer(text: str) -> str | None:
+    """Final answer in `text`, in linear time.
+
+    Returns the content of the last balanced `\\boxed{...}` or `\\fbox{...}` (nested braces
+    handled, also `\\boxed 5`); else of the last `<answer>...</answer>`; else what follows the
+    last `####` (GSM8K, thousands separators removed); else `None`. Non-strings give `None`.
+    """
+    if not isinstance(text, str):
+        return None
+    boxes = [m.end() for m in _BOX_RE.finditer(text)]
+    if boxes:
+        partner = _partners_from(text, boxes[0])
+        for end in reversed(boxes):
+            content = _box_at(text, end, partner)
+            if content is not None:
+                return content
+    start = text.rfind("<answer>")
+    if start >= 0:
+        stop = text.find("</answer>", start)
+        if stop >= 0:
+            return text[start + len("<answer>") : stop].strip()
+    return extract_gsm8k_answer(text)
+
+
+def _one_math_env(s: str) -> bool:
+    """`s` is exactly one `$...$`, `$$...$$`, `\\[...\\]` or `\\(...\\)` block."""
+    for o, c in (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)")):
+        if s.startswith(o) and s.endswith(c) and len(s) > len(o) + len(c):
+            inner = s[len(o) : -len(c)]
+            return o not in inner and c not in inner and (o != "$" or "$" not in inner)
+    return False
+
+
+def bare_answer(text: str) -> str | None:
+    """`text` itself when it is an answer rather than prose, else None.
+
+    A bare answer is one line of at most 64 characters without prose words (`"42"`,
+    `"x = 5"`, `"\\frac{1}{2}"`), or a single math block (`$...$`, `$$...$$`, `\\[...\\]`,
+    `\\(...\\)`) of at most `BARE_BLOCK_CHARS` characters with nothing around it but a period.
+    """
+    s = text.strip()
+    if not s:
+        return None
+    block = s[:-1].rstrip() if s.endswith(".") else s
+    if len(block) <= BARE_BLOCK_CHARS and _one_math_env(block):
+        return block
+    if len(s) > _BARE_MAX_CHARS or "\n" in s:
+        return None
+    for word in re.findall(r"(?<![\\A-Za-z])[A-Za-z]{3,}", s):
+        if word.lower() not in _BARE_WORDS:
+            return None
+    return s
+
+
+def _norm(s: str) -> str:
+    """Light normalisation that never changes the value: delimiters, spacing, `\\dfrac`."""
+    s = s.strip().replace("\\$", "").replace("$", "").replace("{,}", ",")
+    s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
+    s = _SPACING_RE.sub("", s)
+    return s[:-1] if s.endswith(".") and not s.endswith("\\.") else s
+
+
+def _number(s: str) -> tuple[Fraction, bool] | None:
+    """`(value, exact)` of a plain number (`-1,234.5`, `\\frac{3}{4}`, `3/4`); else None."""
+    if len(s) > _MAX_NUMBER_CHARS:
+        return None
+    if _NUM_RE.fullmatch(s):
+        return Fraction(s.replace(",", "")), "." not in s and "e" not in s
+    m = _FRAC_RE.fullmatch(s)
+    if m is None:
+        return None
+    if m.group(2) is not None:
+        sign, num, den = m.group(1), int(m.group(2)), int(m.group(3))
+        num = -num if sign == "-" else num
+    else:
+        num, den = int(m.group(4)), int(m.group(5))
+    return (Fraction(num, den), True) if den else None
+
+
+def choice_letter(s: str) -> str | None:
+    """The multiple-choice letter in `(B)`, `B`, `B)`, `\\text{(B)}`, `(B) 42`; else `None`."""
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", s.strip().strip("$"))
+    m = _CHOICE_RE.fullmatch(s.strip())
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def fast_compare(pred: str, gold: str) -> bool | None:
+    """True/False when decidable without SymPy, else None (ask Math-Verify).
+
+    True for equal normalised strings and for equal numbers (a trailing `\\text{unit}` on the
+    prediction allowed); False only for a wrong multiple-choice letter or two exact numbers
+    (integers, fractions) that differ by more than `EXACT_REL_GAP` relatively.
+    """
+    g = _CHOICE_GOLD_RE.fullmatch(gold.strip())
+    if g is not None:
+        return choice_letter(pred) == g.group(1)
+    p, q = _norm(pred), _norm(gold)
+    if not p or not q:
+        return False
+    if p == q:
+        return True
+    if ", " in pred or ", " in gold:  # `32, 349` is a list, not a thousands separator
+        return None
+    np_, nq = _number(_UNIT_RE.sub("", p) or p), _number(q)
+    if np_ is None or nq is None:
+        return None
+    if np_[0] == nq[0]:
+        return True
+    if np_[1] and nq[1]:
+        scale = max(1, abs(np_[0]), abs(nq[0]))
+        if abs(np_[0] - nq[0]) > EXACT_REL_GAP * scale:
+            return False
+    return None
