@@ -44,19 +44,27 @@ class _Channel:
 
     def __init__(self, fd: int, deadline: float):
         self.fd, self.deadline = fd, deadline
+        self.interrupt = None  # an exception a signal handler raised while we waited
+
+    def _wait(self, read: bool) -> None:
+        left = self.deadline - time.monotonic()
+        rlist, wlist = ([self.fd], []) if read else ([], [self.fd])
+        try:
+            ready = left > 0 and select.select(rlist, wlist, [], left)
+        except BaseException as e:
+            self.interrupt = e
+            raise
+        if not ready or not any(ready):
+            raise _Failed("deadline")
 
     def _read(self, fd, n):
-        left = self.deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise _Failed("deadline")
+        self._wait(read=True)
         return os.read(fd, n)
 
     def request(self, msg: dict):
         view = memoryview(_wire.dumps(msg))
         while view:
-            left = self.deadline - time.monotonic()
-            if left <= 0 or not select.select([], [self.fd], [], left)[1]:
-                raise _Failed("deadline")
+            self._wait(read=False)
             view = view[os.write(self.fd, view) :]
         reply = _wire.recv(self.fd, self._read)
         if "e" in reply:
@@ -191,6 +199,8 @@ def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -
         exec(compiled, env)
         passed = True
     except Exception:  # noqa: BLE001 - any failure of the test, or of the program, fails it
+        if chan.interrupt is not None:
+            raise chan.interrupt from None  # e.g. the reward executor's SIGALRM: not a verdict
         passed = False
     finally:
         ours.close()
