@@ -1,16 +1,11 @@
 """Generative reward: an LLM judge that reads a rubric prompt and writes a score.
 
-`LLMJudge` formats one rubric prompt per (prompt, completion[, reference answer]), generates
-the judge's reply with `sampling.generate` (greedy by default) in batches, and parses a score
-from it with `parse_score`:
-
-- the score is the number in the *last* match, by position, of either `Score: N` (any case;
-  `**Score:** N`, `score = N` too) or `<score>N</score>`; N is an integer or decimal, and a
-  number run into letters (`1e5`, `7a`) does not count;
-- it is clamped to the judge's `scale` `(low, high)` (default 0..10) and normalised to
-  `(N - low) / (high - low)` in [0, 1];
-- a reply with no such match scores `unparseable_score` (default 0.0) and is counted in
-  `judge.stats["unparseable"]`.
+`LLMJudge` formats one rubric prompt per (prompt, completion[, reference answer]) with
+`rewards.rubric.format_rubric`, generates the judge's reply with `sampling.generate` (greedy
+by default) in batches, on the trainer's mesh when one is given, and parses a score from it
+with `rewards.rubric.parse_score` (re-exported here): the last `Score: N` or
+`<score>N</score>`, clamped to the judge's `scale` and normalised to [0, 1]. A reply with no
+score gives `unparseable_score` (default 0.0) and is counted in `judge.stats["unparseable"]`.
 
 The judge runs JAX: call it in-process on the trainer's host (`rewards.num_workers: 0`), not
 in the reward executor's worker processes (each would load its own copy of the judge and
@@ -19,58 +14,34 @@ compete with the trainer for the accelerator).
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
 from jaxrl_lrm import sampling
-from jaxrl_lrm.rewards.model_based import LazyCheckpointReward, as_tokenizer
-
-DEFAULT_TEMPLATE = (
-    "You are a strict grader. Rate the response to the question below for correctness and "
-    "quality on a scale from {low} to {high}.\n\n"
-    "Question:\n{prompt}\n\n"
-    "{reference_section}"
-    "Response:\n{completion}\n\n"
-    "Explain briefly, then end with a line of the form \"Score: N\" where N is a number from "
-    "{low} to {high}.\n"
+from jaxrl_lrm.rewards.rubric import (
+    DEFAULT_TEMPLATE,
+    REFERENCE_SECTION,
+    TEMPLATE_FIELDS,
+    check_template,
+    format_rubric,
+    parse_score,
+    template_fields,
 )
-REFERENCE_SECTION = "Reference answer:\n{reference}\n\n"
-TEMPLATE_FIELDS = ("prompt", "completion", "reference", "reference_section", "low", "high")
+from jaxrl_lrm.scorers._common import LazyCheckpointReward, as_tokenizer, positive_int
 
-_NUMBER = r"(?>[-+]?\d+(?:\.\d+)?)(?!\w)"  # atomic: "8.5x" must not match as "8"
-_SCORE_PATTERNS = (
-    re.compile(r"(?i)\bscore\b\**\s*[:=]\s*\**\s*(" + _NUMBER + ")"),
-    re.compile(r"(?i)<score>\s*(" + _NUMBER + r")\s*</score>"),
-)
-
-
-def parse_score(text: str, *, scale: tuple[float, float] = (0.0, 10.0)) -> float | None:
-    """The judge's score in [0, 1], or None when `text` holds none (see the module rule)."""
-    low, high = scale
-    matches = [m for pattern in _SCORE_PATTERNS for m in pattern.finditer(text)]
-    if not matches:
-        return None
-    raw = float(max(matches, key=lambda m: m.start()).group(1))
-    return (min(max(raw, low), high) - low) / (high - low)
-
-
-def _template_fields(template: str) -> set[str]:
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise ValueError(f"template={template!r} is not a valid format string: {e}") from None
+__all__ = ["DEFAULT_TEMPLATE", "REFERENCE_SECTION", "TEMPLATE_FIELDS", "LLMJudge",
+           "llm_judge_from_checkpoint", "parse_score"]
 
 
 class LLMJudge:
     """A judge model as a reward function `(prompts, completions, **columns) -> [0, 1] scores`.
 
     Args:
-      model: the judge `Model` (no value head needed).
+      model: the judge `Model` (no value head needed; on `mesh` when one is given).
       tokenizer: defaults to `model.tokenizer`.
+      mesh: the trainer's mesh, passed to `sampling.generate`.
       template: the rubric, a `str.format` template over `TEMPLATE_FIELDS`; `{reference}` is
         the row's `reference_column` value and `{reference_section}` is `REFERENCE_SECTION`
         filled with it (empty when the column is absent or the value is None).
@@ -85,27 +56,21 @@ class LLMJudge:
         template.
     """
 
-    def __init__(self, model, tokenizer=None, *, template: str = DEFAULT_TEMPLATE,
+    def __init__(self, model, tokenizer=None, *, mesh=None, template: str = DEFAULT_TEMPLATE,
                  reference_column: str = "answer", scale: Sequence[float] = (0, 10),
                  batch_size: int = 8, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  unparseable_score: float = 0.0, use_chat_template: bool = True):
-        self.model = model
+        self.model, self.mesh = model, mesh
         self.tokenizer = as_tokenizer(model.tokenizer if tokenizer is None else tokenizer)
-        unknown = _template_fields(template) - set(TEMPLATE_FIELDS)
-        if unknown:
-            raise ValueError(f"template uses unknown field(s) {sorted(unknown)}: expected some "
-                             f"of {list(TEMPLATE_FIELDS)}")
-        self.template = template
+        self.template = check_template(template)
         self.reference_column = reference_column
         if (len(scale) != 2 or not all(np.isfinite(x) for x in scale)
                 or not scale[0] < scale[1]):
             raise ValueError(f"scale={tuple(scale)!r}: expected (low, high) with low < high")
         self.scale = (float(scale[0]), float(scale[1]))
-        for name, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: expected a positive integer")
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
         self.sampling = {"temperature": float(temperature), "top_k": int(top_k),
                          "top_p": float(top_p)}
         self.seed = seed
@@ -115,11 +80,7 @@ class LLMJudge:
 
     def format_prompt(self, prompt: str, completion: str, reference=None) -> str:
         """The rubric text for one row (before any chat template)."""
-        ref = "" if reference is None else str(reference)
-        section = "" if reference is None else REFERENCE_SECTION.format(reference=ref)
-        low, high = (int(x) if float(x).is_integer() else x for x in self.scale)
-        return self.template.format(prompt=prompt, completion=completion, reference=ref,
-                                    reference_section=section, low=low, high=high)
+        return format_rubric(self.template, prompt, completion, reference, scale=self.scale)
 
     def _encode(self, text: str) -> list[int]:
         tok = self.tokenizer
@@ -127,21 +88,25 @@ class LLMJudge:
             text = tok.apply_chat_template([{"role": "user", "content": text}])
         return tok.encode(text)
 
+    def _references(self, n: int, columns: dict) -> list:
+        refs = columns.get(self.reference_column)
+        if refs is None:
+            if "reference" in template_fields(self.template):
+                raise ValueError(f"template uses {{reference}} but the column "
+                                 f"{self.reference_column!r} was not passed")
+            return [None] * n
+        if len(refs) != n:
+            raise ValueError(f"column {self.reference_column!r} has {len(refs)} entries for "
+                             f"{n} completions: expected one per completion")
+        return list(refs)
+
     def judgements(self, prompts: Sequence[str], completions: Sequence[str],
                    **columns) -> list[str]:
         """The judge's raw replies, one per completion."""
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts for {len(completions)} completions: "
                              "expected one prompt per completion")
-        refs = columns.get(self.reference_column)
-        if refs is None:
-            if "reference" in _template_fields(self.template):
-                raise ValueError(f"template uses {{reference}} but the column "
-                                 f"{self.reference_column!r} was not passed")
-            refs = [None] * len(prompts)
-        elif len(refs) != len(prompts):
-            raise ValueError(f"column {self.reference_column!r} has {len(refs)} entries for "
-                             f"{len(prompts)} completions: expected one per completion")
+        refs = self._references(len(prompts), columns)
         ids = [self._encode(self.format_prompt(p, c, r))
                for p, c, r in zip(prompts, completions, refs)]
         limit = self.model.config.max_seq_len - self.max_new_tokens
@@ -157,7 +122,8 @@ class LLMJudge:
             gen = sampling.generate(self.model, ids[lo:lo + self.batch_size],
                                     max_new_tokens=self.max_new_tokens,
                                     rng=jax.random.fold_in(rng, lo), eos_id=self.tokenizer.eos_id,
-                                    pad_id=self.tokenizer.pad_id, **self.sampling)
+                                    pad_id=self.tokenizer.pad_id, mesh=self.mesh,
+                                    **self.sampling)
             for tokens, mask in zip(gen.tokens, gen.mask):
                 replies.append(self.tokenizer.decode(tokens[np.asarray(mask) == 1]))
         return replies
@@ -178,4 +144,4 @@ llm_judge_from_checkpoint = LazyCheckpointReward(
     "llm_judge_from_checkpoint", LLMJudge,
     ("template", "reference_column", "scale", "batch_size", "max_new_tokens", "temperature",
      "top_k", "top_p", "seed", "unparseable_score", "use_chat_template"),
-    value_head=False, module=__name__)
+    module=__name__, value_head=False)

@@ -8,10 +8,10 @@ import string
 import numpy as np
 import pytest
 
-from jaxrl_lrm import models, sampling
+from jaxrl_lrm import models, sampling, sharding
 from jaxrl_lrm.data.tokenizer import CharTokenizer
-from jaxrl_lrm.rewards import generative
-from jaxrl_lrm.rewards.generative import LLMJudge, parse_score
+from jaxrl_lrm.scorers import judge as judge_module
+from jaxrl_lrm.scorers.judge import LLMJudge, parse_score
 
 TOK = CharTokenizer(string.printable)
 SHORT = "Q:{prompt}\nA:{completion}\n{reference_section}Score:"
@@ -68,7 +68,7 @@ def _fake_generate(calls):
     """A judge whose reply is fixed by its input: 'Score: <the completion text>'."""
 
     def generate(model, prompts, *, max_new_tokens, rng, temperature, top_k, top_p, eos_id,
-                 pad_id):
+                 pad_id, mesh):
         calls.append((len(prompts), temperature))
         tokens = np.full((len(prompts), max_new_tokens), pad_id, np.int32)
         mask = np.zeros_like(tokens)
@@ -84,7 +84,7 @@ def _fake_generate(calls):
 
 def test_end_to_end_with_a_known_judge(judge_model, monkeypatch):
     calls = []
-    monkeypatch.setattr(generative.sampling, "generate", _fake_generate(calls))
+    monkeypatch.setattr(judge_module.sampling, "generate", _fake_generate(calls))
     judge = LLMJudge(judge_model, template=SHORT, batch_size=2, max_new_tokens=24,
                      unparseable_score=-1.0)
     completions = ["7", "10", "3.5", "nonsense", "42"]
@@ -141,7 +141,7 @@ def test_bad_arguments(judge_model):
 
 def test_judge_from_checkpoint(judge_model, tmp_path):
     models.save_pretrained(judge_model, tmp_path / "judge")
-    fn = generative.llm_judge_from_checkpoint
+    fn = judge_module.llm_judge_from_checkpoint
     kw = dict(template=SHORT, max_new_tokens=6, batch_size=2)
     got = fn(["a", "b"], ["c", "d"], answer=["1", "2"], path=str(tmp_path / "judge"), **kw)
     assert got == LLMJudge(judge_model, **kw)(["a", "b"], ["c", "d"])
@@ -151,3 +151,18 @@ def test_judge_from_checkpoint(judge_model, tmp_path):
     assert pickle.loads(pickle.dumps(fn)) is fn
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['beam'\]"):
         fn.scorer(str(tmp_path / "judge"), beam=4)
+
+
+def test_judge_on_a_mesh_matches_single_device(judge_model):
+    mesh = sharding.make_mesh(data=2, fsdp=4)
+    placed = sharding.shard_model(judge_model, mesh)
+    prompts, completions = ["2+2?", "x", "name a colour"], ["4", "", "blue"]
+    kw = dict(template=SHORT, max_new_tokens=8, batch_size=3)
+    assert (LLMJudge(placed, mesh=mesh, **kw).judgements(prompts, completions)
+            == LLMJudge(judge_model, **kw).judgements(prompts, completions))
+
+
+def test_parse_score_is_host_only():
+    from jaxrl_lrm.rewards import rubric
+
+    assert parse_score is rubric.parse_score
