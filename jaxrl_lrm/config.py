@@ -15,7 +15,11 @@ from typing import Any
 
 import yaml
 
-ALGORITHMS = ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo")
+from jaxrl_lrm.algorithms.registry import NAMES as ALGORITHMS  # the one registry of names
+from jaxrl_lrm.algorithms.registry import check_section
+from jaxrl_lrm.algorithms.spec import explicit_keys
+
+KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 STAGES = ("rl", "sft", "dpo", "reward_model")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -92,49 +96,64 @@ class MeshSection:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlgorithmSection:
-    name: str = "grpo"
-    group_size: int = 8
-    beta: float = 0.0  # KL coefficient towards the reference; 0 skips the reference model
-    kl_kind: str = "k3"
-    clip_low: float = 0.2
+    """`algorithm.*`: the algorithm's name and overrides of its published defaults.
+
+    Every key but `name` and `group_size` defaults to `None`, which means the published default
+    of the chosen algorithm (`jaxrl_lrm.algorithms.REGISTRY`, with sources); a key the algorithm
+    ignores or contradicts (e.g. `beta` with `dapo`, `kl_kind` with `ppo`, `lam` with `grpo`)
+    is refused with a `ConfigError` naming it. `algorithms.resolve(section)` gives the spec.
+    """
+
+    name: str = "grpo"  # one of algorithms.NAMES
+    group_size: int = 8  # completions per prompt
+    beta: float | None = None  # KL coefficient towards the reference; 0 skips the reference
+    kl_kind: str | None = None  # KL estimator in the loss: k1 | k2 | k3 | low_var_kl
+    clip_low: float | None = None
     clip_high: float | None = None
     dual_clip: float | None = None
-    agg: str | None = None  # None: the algorithm's default
-    std_normalize: bool | None = None  # None: the algorithm's default
+    agg: str | None = None  # a losses.aggregate mode
+    std_normalize: bool | None = None  # group advantages divided by the group std
     tis_max: float | None = None  # truncated importance sampling cap (sampler vs trainer)
-    entropy_coef: float = 0.0
-    # PPO: the value model, GAE and the adaptive KL controller
+    entropy_coef: float | None = None
+    # PPO: the value model, GAE (gamma also for reinforce_pp) and the adaptive KL controller
     value_path: str | None = None  # init the value model from a reward model export
     value_lr: float | None = None  # None: train.lr
-    value_clip: float | None = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_target: float | None = None  # adaptive KL (Ziegler et al.) when set; beta is the start
-    kl_horizon: float = 10000.0
+    value_clip: float | None = None
+    gamma: float | None = None
+    lam: float | None = None
+    kl_target: float | None = None  # adaptive KL when set (per-token mean KL); beta is the start
+    kl_horizon: float | None = None
     # DAPO: dynamic sampling and the soft overlong punishment
-    max_gen_rounds: int = 3  # generation rounds to fill the batch with mixed-reward groups
+    max_gen_rounds: int | None = None  # generation rounds to fill the batch with mixed groups
     overlong_cache: int | None = None  # None: sampling.max_new_tokens // 4; 0: no overlong term
 
     def __post_init__(self):
         _check(self.name in ALGORITHMS, "algorithm.name", self.name, f"one of {ALGORITHMS}")
         _check(self.group_size >= 1, "algorithm.group_size", self.group_size, ">= 1")
-        _check(self.beta >= 0, "algorithm.beta", self.beta, ">= 0")
-        _check(self.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", self.kl_kind,
-               "one of 'k1', 'k2', 'k3'")
-        _check(self.clip_low > 0, "algorithm.clip_low", self.clip_low, "> 0")
-        _check(self.agg is None or self.agg in AGG_MODES, "algorithm.agg", self.agg,
-               f"null or one of {AGG_MODES}")
-        _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip",
-               self.dual_clip, "null or > 1")
-        _check(self.tis_max is None or self.tis_max >= 1, "algorithm.tis_max", self.tis_max,
-               "null or >= 1")
-        _check(0 <= self.gamma <= 1, "algorithm.gamma", self.gamma, "in [0, 1]")
-        _check(0 <= self.lam <= 1, "algorithm.lam", self.lam, "in [0, 1]")
-        _check(self.kl_target is None or self.kl_target > 0, "algorithm.kl_target",
-               self.kl_target, "null or > 0")
-        _check(self.max_gen_rounds >= 1, "algorithm.max_gen_rounds", self.max_gen_rounds, ">= 1")
-        _check(self.value_clip is None or self.value_clip > 0, "algorithm.value_clip",
-               self.value_clip, "null or > 0")
+        for key, ok, expected in (
+            ("beta", lambda v: v >= 0, ">= 0"),
+            ("kl_kind", lambda v: v in KL_KINDS, f"one of {KL_KINDS}"),
+            ("clip_low", lambda v: v > 0, "> 0"),
+            ("clip_high", lambda v: v >= 0, ">= 0"),
+            ("agg", lambda v: v in AGG_MODES, f"one of {AGG_MODES}"),
+            ("dual_clip", lambda v: v > 1, "> 1"),
+            ("tis_max", lambda v: v >= 1, ">= 1"),
+            ("entropy_coef", lambda v: v >= 0, ">= 0"),
+            ("gamma", lambda v: 0 <= v <= 1, "in [0, 1]"),
+            ("lam", lambda v: 0 <= v <= 1, "in [0, 1]"),
+            ("kl_target", lambda v: v > 0, "> 0"),
+            ("kl_horizon", lambda v: v > 0, "> 0"),
+            ("max_gen_rounds", lambda v: v >= 1, ">= 1"),
+            ("value_clip", lambda v: v > 0, "> 0"),
+            ("value_lr", lambda v: v > 0, "> 0"),
+            ("overlong_cache", lambda v: v >= 0, ">= 0"),
+        ):
+            value = getattr(self, key)
+            _check(value is None or ok(value), f"algorithm.{key}", value, f"null or {expected}")
+        try:
+            check_section(self.name, explicit_keys(self))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
