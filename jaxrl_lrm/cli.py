@@ -72,24 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_dir_of(path: str) -> Path:
-    from jaxrl_lrm.rl.stages import run_dir_of
-
-    return run_dir_of(path)
-
-
-def restore_policy(run_dir: Path, step: int | None, overrides=()):
-    """The session and policy parameters of a run directory's checkpoint."""
-    from jaxrl_lrm import checkpoint
+def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, overrides=()):
+    """`(metrics, samples, step, run_dir)`: the policy of `checkpoint` (a run directory or its
+    `checkpoints/`) evaluated with the settings of the CONFIG given (its `eval.*`, data and
+    reward functions); the model shape comes from the run's own config."""
     from jaxrl_lrm.config import load_config
-    from jaxrl_lrm.rl import trainer
+    from jaxrl_lrm.train import rl_stage, stages
 
-    config = load_config(run_dir / "config.yaml", list(overrides))
-    session = trainer.Session(config)
-    state, _, _ = trainer.make_train_state(session, session.policy.params, 1, 1e-3)
-    target = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-    restored, step = checkpoint.restore_state_only(run_dir / "checkpoints", target, step)
-    return config, session, restored["params"], step
+    run_dir = stages.run_dir_of(checkpoint)
+    stage = load_config(run_dir / "config.yaml").stage
+    if stage != "rl":
+        raise ValueError(f"eval runs generation-based evaluation of RL policies; "
+                         f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
+                         "metrics are in its metrics.jsonl)")
+    config = load_config(config_path, list(overrides))
+    _, _, model, step = stages.restore_params(run_dir, step)
+    s = rl_stage.build(config)
+    metrics, samples = rl_stage.evaluate(s, model.params)
+    return metrics, samples, step, run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,30 +115,24 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"run_dir={args.run_dir}")
             config = load_config(args.config, overrides)
             if config.demo:
-                from jaxrl_lrm.rl.demo import run_demo
+                from jaxrl_lrm.train.demo import run_demo
 
                 run_demo(config)
             else:
-                from jaxrl_lrm.rl import stages
+                from jaxrl_lrm.train import stages
 
-                stages.run(config)
+                stages.train(config)
         elif args.command == "demo":
             overrides = list(args.overrides)
             if args.run_dir:
                 overrides.append(f"run_dir={args.run_dir}")
-            from jaxrl_lrm.rl.demo import run_demo
+            from jaxrl_lrm.train.demo import run_demo
 
             run_demo(load_config(DEMO_CONFIG, overrides))
         elif args.command == "eval":
             _init_distributed(args)
-            run_dir = _run_dir_of(args.checkpoint)
-            stage = load_config(run_dir / "config.yaml").stage
-            if stage != "rl":
-                raise ValueError(f"eval runs generation-based evaluation of RL policies; "
-                                 f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
-                                 "metrics are in its metrics.jsonl)")
-            _, session, params, step = restore_policy(run_dir, args.step, args.overrides)
-            metrics, samples = session.evaluate(params)
+            metrics, samples, step, run_dir = evaluate_checkpoint(
+                args.config, args.checkpoint, args.step, args.overrides)
             metrics["step"] = step
             print(json.dumps(metrics, indent=2))
             for prompt, completion, ok in samples[:4]:
@@ -146,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else run_dir / f"eval_step{step}.json"
             out.write_text(json.dumps(metrics, indent=2))
         elif args.command == "export":
-            from jaxrl_lrm.rl import stages
+            from jaxrl_lrm.train import stages
 
-            run_dir = _run_dir_of(args.checkpoint)
+            run_dir = stages.run_dir_of(args.checkpoint)
             step = stages.export(run_dir, args.out_dir, args.step)
             print(f"exported step {step} of {run_dir} to {args.out_dir}")
     except (ConfigError, ValueError) as e:

@@ -154,18 +154,6 @@ def compiled_memory(fn, *args) -> dict:
             ("argument_size", "output_size", "temp_size", "alias_size")}
 
 
-def jit_update(**bound):
-    """`rl.steps.rl_update` jitted (state donated) with its static arguments bound, built the
-    way `rl.trainer.train` builds it (through `steps.jitted` where that exists)."""
-    from jaxrl_lrm.rl import steps
-
-    if hasattr(steps, "jitted") and hasattr(steps, "UPDATE_STATIC"):
-        fn = steps.jitted(steps.rl_update, static_argnames=steps.UPDATE_STATIC,
-                          donate_argnums=0)
-        return functools.partial(fn, **bound)
-    return jax.jit(functools.partial(steps.rl_update, **bound), donate_argnums=0)
-
-
 def print_table(rows: dict, title: str) -> None:
     """Prints `name value` rows (floats to 4 significant digits)."""
     print(title)

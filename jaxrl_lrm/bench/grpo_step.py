@@ -4,21 +4,23 @@
 
 GRPO (k3 KL to the reference, beta 0.04) on `bench-cpu` with the vocabulary set to 8192, the
 `addition` task's prompts (left-padded to 16 tokens), 4 prompts x 8 completions x 128 new
-tokens at temperature 1 (quick: 2 x 4 x 32). The step is exactly `rl.trainer.train`'s loop
-body: `rl_step_batch` (sample -> dispatch reference log-probs -> decode + score on the host
--> advantages) then the jitted, donated `rl_update`.
+tokens at temperature 1 (quick: 2 x 4 x 32). The step is exactly the trainer's: the RL stage
+of `train.rl_stage` calling `train.rl.rl_step` (sample -> score dispatched (reference
+log-probs) -> host copy, decode + rewards -> the donated update, which computes the
+advantages), its metrics fetched.
 
 Reported:
 - `step_s`: median wall time of the full step (compile excluded).
 - per-phase times, each timed alone and blocked: `generate_s`, `decode_s`, `reward_s`,
-  `ref_logprobs_s`, `old_logprobs_s` (0: one update per step needs no old-policy pass),
-  `advantages_s`, `update_s`; and the in-loop `time/sample_s`, `time/reward_s` of the trainer.
+  `score_s` (the reference pass, plus the old-policy pass when several updates per step need
+  it); `update_s` (the step less its sampling and reward phases: the update and the metrics
+  fetch); and the in-loop `time/sample_s`, `time/reward_s` of the trainer.
 - `floor_ratio`: step time / FLOP floor (median over repeats, the peak measured right before
   each step), floor = (generate FLOPs at the mean response length +
   forward FLOPs of the reference (and old) pass + 3 x forward FLOPs of the update, all matmul
   FLOPs with attention, see `bench._util`) / the fp32 matmul peak of the same run.
 - `host_exposed_frac`: host time the device sits idle, max(0, decode + reward - the device
-  work dispatched before them (reference and old log-probs)) / step time.
+  work dispatched before them (the score pass)) / step time.
 - `vs_trl`, `vs_tunix`: the peer's step time over ours, both measured in this run on the same
   shape, batch and lengths (`--vs-trl`: TRL's `GRPOTrainer` via `bench.peers`, in a child
   process right after ours, its details in the JSON's `peers`); null without the flag, when the peer is not importable, and always for
@@ -33,16 +35,20 @@ response length is reported).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import time
 
 import jax
 import numpy as np
 
-from jaxrl_lrm import algorithms, sharding
+from jaxrl_lrm import sharding
 from jaxrl_lrm.bench import _util
 from jaxrl_lrm.config import Config, from_dict
-from jaxrl_lrm.rl import setup, trainer
+from jaxrl_lrm.rewards.executor import RewardExecutor
+from jaxrl_lrm.train import host, rl, rl_stage
+from jaxrl_lrm.train.batch import Prompts
+from jaxrl_lrm.train.programs import needs_old_pass
 
 # Peer step times measured earlier on this 2-vCPU machine at bench-cpu, 4 x 8 x 128, vocab
 # 8192 (BENCHMARKS.md); not the same run, so only reported beside the same-run ratios.
@@ -85,90 +91,56 @@ def make_config(*, preset: str = "bench-cpu", prompts: int = 4, group: int = 8,
 
 
 def build(config: Config) -> dict:
-    """The pieces `trainer.train` builds: session, state, reference, update fn, executor."""
-    from jaxrl_lrm.rewards.executor import RewardExecutor
-
-    session = trainer.Session(config, mesh=sharding.make_mesh(1, 1, 1))
-    session.tokenizer = WideCharTokenizer(session.tokenizer)
-    c = config
-    state, optimizer, _ = trainer.make_train_state(
-        session, setup.frozen_copy(session.policy.params), c.train.steps, c.train.lr)
-    ref_params = None
-    if session.spec.beta > 0:
-        ref_params = session.policy.params if c.model.ref_dtype in (None, c.model.dtype) \
-            else setup.frozen_copy(session.policy.params, c.model.ref_dtype)
-    update_fn = _util.jit_update(
-        config=session.model_config, spec=session.spec, optimizer=optimizer,
-        epochs=c.train.ppo_epochs, minibatches=c.train.minibatches,
-        micro_batches=c.train.micro_batches, prompt_len=session.prompt_len,
-        temperature=c.sampling.temperature, max_len=c.sampling.max_new_tokens)
-    executor = RewardExecutor(session.scalar_reward_fns, num_workers=c.rewards.num_workers,
-                              timeout_s=c.rewards.timeout_s)
-    need_old = c.train.ppo_epochs * c.train.minibatches > 1 or session.spec.tis_max is not None
-    return {"session": session, "state": state, "ref_params": ref_params,
-            "update_fn": update_fn, "executor": executor, "need_old": need_old}
+    """The RL run's pieces (`train.rl_stage.build`, the trainer's own builder) and its stage."""
+    s = rl_stage.build(config, mesh=sharding.make_mesh(1, 1, 1))
+    s = dataclasses.replace(s, text=host.Text(WideCharTokenizer(s.text.tokenizer),
+                                              s.text.template, s.text.prompt_len))
+    stage = rl_stage.stage(s)
+    return {"setup": s, "stage": stage, "state": s.state,
+            "need_old": needs_old_pass(s.update_config, s.ref_params is not None)}
 
 
-def rows_for(parts: dict, step: int) -> list[dict]:
-    n = parts["session"].config.train.prompts_per_step
-    rows = parts["session"].train_rows
-    start = (step * n) % (len(rows) - n)
-    return [rows[start + i] for i in range(n)]  # a `PromptSource`: indexable, not sliceable
-
-
-def full_step(parts: dict, step: int) -> tuple[float, dict, dict]:
-    """Runs the trainer's step body once (updates `parts["state"]`): `(wall_s, metrics, batch)`."""
+def full_step(parts: dict, step: int) -> tuple[float, dict]:
+    """The trainer's step once (`train.rl.rl_step` through the stage), its metrics fetched:
+    `(wall_s, metrics)`; updates `parts["state"]`."""
     t0 = time.perf_counter()
-    batch, metrics, _ = trainer.rl_step_batch(parts["session"], parts["state"],
-                                              parts["ref_params"], rows_for(parts, step), step,
-                                              parts["executor"], parts["need_old"])
-    t1 = time.perf_counter()
-    parts["state"], dev = parts["update_fn"](parts["state"], batch)
-    dev = {k: float(v) for k, v in jax.device_get(dev).items()}
-    t2 = time.perf_counter()
-    metrics = {**metrics, **dev, "time/update_s": t2 - t1}
-    return t2 - t0, metrics, batch
+    parts["state"], metrics = parts["stage"].step(parts["state"], step)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics["time/step_s"] = wall = time.perf_counter() - t0
+    return wall, metrics
 
 
-def phase_times(parts: dict, step: int, repeats: int) -> dict:
-    """Each phase of the step timed alone (blocked), median of `repeats`."""
-    s, state, ex = parts["session"], parts["state"], parts["executor"]
-    G = s.spec.group_size
-    rows = rows_for(parts, step)
-    texts, ids, mask = s.encode_prompts(rows)
-    ids, mask = np.repeat(ids, G, axis=0), np.repeat(mask, G, axis=0)
-    rng = jax.random.fold_in(s.base_rng, step)
-    temp = float(s.config.sampling.temperature)
-    gen = _util.timed(lambda: s.sample_fn(state.params, ids, mask, rng, temp), repeats)
-    toks, _, smask = (np.asarray(x) for x in gen["result"])
-    dec = _util.timed(lambda: s.decode(toks, smask), repeats)
-    completions = dec["result"]
-    cols = {k: [r.get(k) for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-    cols["group_size"] = [G] * len(completions)
-    cols["completion_lengths"] = [int(m.sum()) for m in smask]
-    prompts = [t for t in texts for _ in range(G)]
-    rew = _util.timed(lambda: ex.score(prompts, completions, cols)[0], repeats)
-    tokens = np.concatenate([ids, toks], axis=1)
-    attn = np.concatenate([mask, smask], axis=1)
-    ref = parts["ref_params"]
-    t_ref = _util.timed(lambda: s.logprob_fn(ref, tokens, attn), repeats)["median_s"] \
-        if ref is not None else 0.0
-    t_old = _util.timed(lambda: s.logprob_fn(state.params, tokens, attn), repeats)["median_s"] \
-        if parts["need_old"] else 0.0
-    mask_bt = np.asarray(smask, np.float32)
-    adv = _util.timed(lambda: algorithms.advantages(s.spec, np.asarray(rew["result"]), mask_bt),
+def phase_times(parts: dict, repeats: int) -> dict:
+    """Each phase of the step timed alone (blocked), median of `repeats`: sampling, decoding,
+    rewards, the score pass (reference and, when needed, old-policy log-probs)."""
+    s, state = parts["setup"], parts["state"]
+    G, T = s.group_size, s.config.sampling.max_new_tokens
+    rows = [s.train_rows[i] for i in range(s.config.train.prompts_per_step)]
+    texts, ids, mask = s.text.encode(rows, G)
+    prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
+    gen = _util.timed(lambda: s.programs.sample(state.params, prompts, state.rng, state.step),
                       repeats)
+    rollout = gen["result"]
+    toks, smask = (np.asarray(x) for x in rl.host_completions(rollout, T))
+    dec = _util.timed(lambda: s.text.decode(toks, smask), repeats)
+    executor = RewardExecutor(s.scalar_fns, num_workers=s.config.rewards.num_workers,
+                              timeout_s=s.config.rewards.timeout_s)
+    try:
+        rew = _util.timed(lambda: host.score(s.text, executor, s.token_fns, rows, G, texts,
+                                             toks, smask), repeats)
+    finally:
+        executor.close()
+    score = _util.timed(lambda: s.programs.score(state, s.ref_params, rollout), repeats)
     return {"generate_s": gen["median_s"], "decode_s": dec["median_s"],
-            "reward_s": rew["median_s"], "ref_logprobs_s": t_ref, "old_logprobs_s": t_old,
-            "advantages_s": adv["median_s"], "generate_compile_s": gen["compile_s"],
-            "response_lengths": smask.sum(axis=1)}
+            "reward_s": rew["median_s"], "score_s": score["median_s"],
+            "generate_compile_s": gen["compile_s"], "response_lengths": smask.sum(axis=1)}
 
 
 def step_flops(parts: dict, mean_len: float) -> dict:
-    s = parts["session"]
-    c, B = s.model_config, s.config.train.prompts_per_step * s.spec.group_size
-    P, T = s.prompt_len, s.max_new
-    passes = (parts["ref_params"] is not None) + parts["need_old"]
+    s = parts["setup"]
+    c, B = s.model_config, s.config.train.prompts_per_step * s.group_size
+    P, T = s.text.prompt_len, s.config.sampling.max_new_tokens
+    passes = (s.ref_params is not None) + parts["need_old"]
     return {"generate": _util.generate_flops(c, B, P, mean_len),
             "logprobs": passes * _util.forward_flops(c, B, P + T, T),
             "update": _util.train_flops(c, B, P + T, T)}
@@ -190,10 +162,11 @@ def peer_step(name: str, wanted: bool, config: Config, parts: dict,
         return None
     from jaxrl_lrm.bench import peers
 
-    s = parts["session"]
+    s = parts["setup"]
     return peers.trl_grpo_step_time_isolated(
         model_config=s.model_config, prompts=config.train.prompts_per_step,
-        group=s.spec.group_size, new_tokens=s.max_new, prompt_len=s.prompt_len,
+        group=s.group_size, new_tokens=config.sampling.max_new_tokens,
+        prompt_len=s.text.prompt_len,
         repeats=repeats, beta=s.spec.beta, lr=config.train.lr)
 
 
@@ -214,34 +187,30 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
                          new_tokens=a.new_tokens, vocab_size=a.vocab_size, ref_dtype=a.ref_dtype)
     parts = build(config)
     try:
-        # Two warm-up steps: the first compiles; the second compiles the update and the
-        # sampler again because the state `rl_update` returns carries other shardings than
-        # the initial one (measured and reported as `second_step_s`).
+        # Two warm-up steps: the first compiles; the second shows that nothing compiles
+        # again (reported as `second_step_s`; `compiled_versions` counts the executables).
         warm = [full_step(parts, i)[0] for i in range(2)]
         walls, loop, peaks = [], [], []
         for i in range(a.repeats):
             peaks.append(_util.matmul_gflops(1024, "float32", 3))
-            wall, metrics, _ = full_step(parts, i + 2)
+            wall, metrics = full_step(parts, i + 2)
             walls.append(wall)
             loop.append(metrics)
         step_s = float(np.median(walls))
-        phases = phase_times(parts, 1, a.repeats)
-        compiled = {"update": _util.cache_size(parts["update_fn"]),
-                    "sample": _util.cache_size(parts["session"].sample_fn),
-                    "logprob": _util.cache_size(parts["session"].logprob_fn)}
+        phases = phase_times(parts, a.repeats)
+        compiled = parts["setup"].programs.compile_counts()
     finally:
-        parts["executor"].close()
+        parts["stage"].on_close()
     peers = {name: peer_step(name, wanted, config, parts, a.repeats)
              for name, wanted in (("trl", a.vs_trl), ("tunix", a.vs_tunix))}
-    update_s = float(np.median([m["time/update_s"] for m in loop]))
+    update_s = float(np.median([m["time/step_s"] - m["time/sample_s"] - m["time/reward_s"]
+                                for m in loop]))
     lengths = phases.pop("response_lengths")
     flops = step_flops(parts, float(lengths.mean()))
     floors = [sum(flops.values()) / (pk * 1e9) for pk in peaks]
     floor_s = float(np.median(floors))
-    exposed = max(0.0, phases["decode_s"] + phases["reward_s"]
-                  - phases["ref_logprobs_s"] - phases["old_logprobs_s"])
-    device_s = (phases["generate_s"] + phases["ref_logprobs_s"] + phases["old_logprobs_s"]
-                + update_s)
+    exposed = max(0.0, phases["decode_s"] + phases["reward_s"] - phases["score_s"])
+    device_s = phases["generate_s"] + phases["score_s"] + update_s
     full = (a.preset, a.prompts, a.group, a.new_tokens, a.vocab_size) == \
         ("bench-cpu", 4, 8, 128, 8192)
     summary = {
@@ -267,7 +236,7 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
                               f"{name} GRPO step, same shape and batch, this run")
     return {
         "summary": summary,
-        "config": vars(a) | {"quick": quick, "params": parts["session"].model_config.num_params},
+        "config": vars(a) | {"quick": quick, "params": parts["setup"].model_config.num_params},
         "flops": flops,
         "flops_note": "matmul FLOPs with attention (bench._util): generate at the mean response "
                       "length, one forward per log-prob pass, 3 forwards for the update",

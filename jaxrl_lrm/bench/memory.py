@@ -25,7 +25,11 @@ import sys
 
 import jax
 
+import numpy as np
+
+from jaxrl_lrm import sharding
 from jaxrl_lrm.bench import _util
+from jaxrl_lrm.train.batch import Prompts, Rewards, RolloutBatch
 
 DTYPES = ("float32", "bfloat16")
 
@@ -39,8 +43,6 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
     """One variant in this process: two full steps, then the memory figures (see module doc)."""
     if ref_dtype not in DTYPES:
         raise ValueError(f"ref_dtype={ref_dtype!r}: expected one of {DTYPES}")
-    import numpy as np
-
     from jaxrl_lrm.bench import grpo_step
 
     config = grpo_step.make_config(preset=preset, prompts=prompts, group=group,
@@ -50,21 +52,24 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
     try:
         rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         for i in range(2):
-            _, metrics, batch = grpo_step.full_step(parts, i)
+            _, metrics = grpo_step.full_step(parts, i)
     finally:
-        parts["executor"].close()
+        parts["stage"].on_close()
     live = sum(x.nbytes for x in jax.live_arrays())
-    ref = sum(x.nbytes for x in jax.tree.leaves(parts["ref_params"]))
-    s, st = parts["session"], parts["state"]
-    G = s.spec.group_size
-    _, ids, mask = s.encode_prompts(grpo_step.rows_for(parts, 0))
-    ids, mask = np.repeat(ids, G, axis=0), np.repeat(mask, G, axis=0)
+    s, st = parts["setup"], parts["state"]
+    ref = sum(x.nbytes for x in jax.tree.leaves(s.ref_params))
+    rows = [s.train_rows[i] for i in range(s.config.train.prompts_per_step)]
+    _, ids, mask = s.text.encode(rows, s.group_size)
+    prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
+    rollout = s.programs.sample(st.params, prompts, st.rng, st.step)
+    scored = s.programs.score(st, s.ref_params, rollout)
+    rewards = sharding.shard_batch(Rewards(rewards_B=np.zeros(len(ids), np.float32),
+                                           dense_BT=None), s.mesh)
+    batch = RolloutBatch(rollout=rollout, scored=scored, rewards=rewards)
     progs = {
-        "sample": _util.compiled_memory(s.sample_fn, st.params, ids, mask, s.base_rng,
-                            float(config.sampling.temperature)),
-        "ref_logprobs": _util.compiled_memory(s.logprob_fn, parts["ref_params"], batch["tokens_BL"],
-                                  batch["attn_BL"]),
-        "update": _util.compiled_memory(parts["update_fn"], st, batch),
+        "sample": _util.compiled_memory(s.programs.sample, st.params, prompts, st.rng, st.step),
+        "ref_logprobs": _util.compiled_memory(s.programs.score, st, s.ref_params, rollout),
+        "update": _util.compiled_memory(s.programs.update, st, batch),
     }
     stats = jax.devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
@@ -82,7 +87,7 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
         "device_source": source,
         "ref_mb": _mb(ref),
         "params_mb": _mb(sum(x.nbytes for x in jax.tree.leaves(st.params))),
-        "opt_state_mb": _mb(sum(x.nbytes for x in jax.tree.leaves(st.opt_state))),
+        "opt_state_mb": _mb(sum(x.nbytes for x in jax.tree.leaves(st.policy.opt_state))),
         "programs_mb": {k: {n: _mb(v) for n, v in p.items()} for k, p in progs.items()},
         "loss": metrics["loss/total"],
     }

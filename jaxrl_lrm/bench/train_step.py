@@ -1,9 +1,9 @@
 """One jitted GRPO update: `python -m jaxrl_lrm.bench train_step [--quick] [--batch B]
 [--prompt-len P] [--new-tokens T] [--preset NAME]`.
 
-`rl.steps.rl_update` (policy loss + k3 KL to a reference with beta 0.04, AdamW after global-norm
-clipping, one epoch, one minibatch, one micro-batch, buffers donated as in the trainer) on
-random tokens, `bench-cpu` by default, 32 rows x (16 prompt + 128 completion) tokens
+The trainer's update program (`train.programs.make_rl_programs`: group advantages, policy loss
++ k3 KL to a reference with beta 0.04, AdamW after global-norm clipping, one epoch, one
+minibatch, one micro-batch, the state donated) on random tokens, `bench-cpu` by default, 32 rows x (16 prompt + 128 completion) tokens
 (quick: 8 x (16 + 32)).
 
 - `mfu`: FLOPs / step time / the fp32 matmul peak (a 1024^3 matmul) measured right before
@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lrm import algorithms, models
+from jaxrl_lrm import algorithms, models, sharding
 from jaxrl_lrm.bench import _util
 from jaxrl_lrm.config import AlgorithmSection
-from jaxrl_lrm.rl import steps
+from jaxrl_lrm.train.batch import Rewards, Rollout, RolloutBatch, Scored
+from jaxrl_lrm.train.programs import SamplingConfig, make_rl_programs
+from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
+from jaxrl_lrm.train.update import RLUpdateConfig
 
 
 def random_batch(config: models.ModelConfig, batch: int, prompt_len: int, new_tokens: int,
-                 seed: int = 0) -> dict:
-    """A batch in `rl_update`'s layout (see `rl.steps`) with random tokens and advantages.
+                 seed: int = 0) -> RolloutBatch:
+    """A `RolloutBatch` with random tokens, rewards and reference log-probs.
 
     Prompts are left-padded by 0..3 tokens and completions end at random lengths >= half of
     `new_tokens`, so masks are not trivially all ones.
@@ -47,22 +48,30 @@ def random_batch(config: models.ModelConfig, batch: int, prompt_len: int, new_to
     attn = np.concatenate([cols_p[None] >= pad[:, None], cols_t[None] < length[:, None]], 1)
     mask = (cols_t[None] < length[:, None]).astype(np.float32)
     logp = (-rng.exponential(2.0, (batch, new_tokens)) * mask).astype(np.float32)
-    return {"tokens_BL": jnp.asarray(tokens), "attn_BL": jnp.asarray(attn.astype(np.int32)),
-            "mask_BT": jnp.asarray(mask), "adv": jnp.asarray(rng.normal(size=batch), jnp.float32),
-            "old_logp_BT": None, "sampler_logp_BT": jnp.asarray(logp),
-            "ref_logp_BT": jnp.asarray(logp + 0.01 * rng.normal(size=logp.shape) * mask,
-                                       jnp.float32)}
+    ref = (logp + 0.01 * rng.normal(size=logp.shape) * mask).astype(np.float32)
+    return RolloutBatch(
+        rollout=Rollout(tokens_BL=tokens, attn_BL=attn.astype(np.int32), sampler_logp_BT=logp),
+        scored=Scored(old_logp_BT=None, ref_logp_BT=ref, values_BT=None),
+        rewards=Rewards(rewards_B=rng.normal(size=batch).astype(np.float32), dense_BT=None))
 
 
-def make_update(config: models.ModelConfig, prompt_len: int, new_tokens: int,
+def make_update(model: models.Model, batch: int, prompt_len: int, new_tokens: int,
                 beta: float = 0.04):
-    """`(update_fn, optimizer)`: the trainer's jitted `rl_update` for GRPO with k3 KL."""
-    spec = algorithms.resolve(AlgorithmSection(name="grpo", beta=beta, kl_kind="k3"))
-    optimizer, _ = steps.make_optimizer(lr=1e-6, total_updates=1000, weight_decay=0.0)
-    fn = _util.jit_update(config=config, spec=spec, optimizer=optimizer, epochs=1,
-                          minibatches=1, micro_batches=1, prompt_len=prompt_len,
-                          temperature=1.0, max_len=new_tokens)
-    return fn, optimizer
+    """`(programs, state)`: the trainer's jitted, donated RL update for GRPO with k3 KL."""
+    spec = algorithms.resolve(AlgorithmSection(name="grpo", beta=beta, kl_kind="k3",
+                                               group_size=min(8, batch)))
+    optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-6, total_updates=1000))
+    mesh = sharding.make_mesh(1, 1, 1)
+    cfg = RLUpdateConfig(model=model.config, spec=spec, optimizer=optimizer, value_optimizer=None,
+                         prompt_len=prompt_len, max_new_tokens=new_tokens, temperature=1.0,
+                         epochs=1, minibatches=1, micro_batches=1, kl_controller=None)
+    samp = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+                          eos_id=None, pad_id=0)
+    params = sharding.shard_params(model.params, model.config, mesh)
+    state = init_state(params, optimizer=optimizer, mesh=mesh, seed=0, kl_coef=beta)
+    programs = make_rl_programs(cfg, samp, mesh, state=state, ref_params=params, rows=batch,
+                                dense=False)
+    return programs, state, mesh
 
 
 def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
@@ -79,20 +88,17 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
 
     model = models.init(args.preset, 0)
     config = model.config
-    batch = random_batch(config, B, P, T)
-    update, optimizer = make_update(config, P, T)
-    state = steps.TrainState(params=model.params, opt_state=jax.jit(optimizer.init)(model.params),
-                             step=jnp.zeros((), jnp.int32))
+    programs, state, mesh = make_update(model, B, P, T)
+    batch = sharding.shard_batch(random_batch(config, B, P, T), mesh)
     holder = {"state": state}
 
     def one():
-        holder["state"], metrics = update(holder["state"], batch)
+        holder["state"], metrics = programs.update(holder["state"], batch)
         return metrics
 
     # The machine is shared: the peak is measured right before every timed step and each
     # repeat gives its own MFU; the median of those is reported.
-    t = _util.timed(one, 1, warmup=2)  # a second warm-up call in case the output state's
-    # shardings differ from the initial ones (that recompiles once; see grpo_step)
+    t = _util.timed(one, 1, warmup=2)
     flops = _util.train_flops(config, B, L, T)
     times, peaks = [], []
     for _ in range(args.repeats):
@@ -123,6 +129,6 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "times_s": times,
         "peaks_gflops": peaks,
         "loss": loss,
-        "compiled_versions": _util.cache_size(update),
+        "compiled_versions": programs.compile_counts()["update"],
         "machine": _util.machine(),
     }

@@ -26,7 +26,9 @@ from jaxrl_lrm.models.value_model import (
     load_value_model,
     save_value_model,
 )
-from jaxrl_lrm.rl import dpo, stages
+from jaxrl_lrm.offline.data import encode_pairs
+from jaxrl_lrm.offline.dpo import mean_over_pairs
+from jaxrl_lrm.train import setup
 
 
 def last_token_index(attn_BL) -> jax.Array:
@@ -64,11 +66,11 @@ def rm_terms(params, model_config, batch: dict) -> dict:
     return {"loss": bradley_terry_loss(rc, rr), "r_chosen": rc, "r_rejected": rr}
 
 
-def rm_batch_loss(params, model_config, batch: dict):
+def rm_batch_loss(params, model_config, batch: dict, denom=None):
     """`(mean Bradley-Terry loss, metrics)`: `rm/loss`, `rm/accuracy` (share of pairs with
     `r_chosen > r_rejected`), `rm/margin`, `rm/chosen_reward`, `rm/rejected_reward`."""
     t = rm_terms(params, model_config, batch)
-    loss = jnp.mean(t["loss"])
+    loss = mean_over_pairs(t["loss"], denom)
     margin = t["r_chosen"] - t["r_rejected"]
     return loss, {"rm/loss": loss, "rm/accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
                   "rm/margin": jnp.mean(margin), "rm/chosen_reward": jnp.mean(t["r_chosen"]),
@@ -87,7 +89,7 @@ def build_reward_model(config: Config, mesh):
     """`(tokenizer, model with a value head)`: the backbone of `model.path` / `model.preset`;
     the head from `model.path/value_head.safetensors` when present, else zeros (so every
     initial reward is exactly 0)."""
-    _, tokenizer, model = stages.build_model(config, mesh)
+    _, tokenizer, model = setup.build_model(config, mesh)
     if config.model.path is not None and (Path(config.model.path) / VALUE_HEAD_FILE).is_file():
         head = load_value_head(config.model.path, model.config.d_model, config.model.dtype)
         model = model.replace(params={**model.params, "value_head": head})
@@ -100,60 +102,14 @@ def build_reward_model(config: Config, mesh):
 def score(model: models.Model, prompts: list[str], completions: list[str], *, prompt_len: int,
           completion_len: int, tokenizer=None, render=lambda s: s) -> np.ndarray:
     """Host helper: `[N]` rewards of (prompt, completion) texts under a reward model."""
-    from jaxrl_lrm.rl import sft
-
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise ValueError("tokenizer=None and model.tokenizer is None: pass the tokenizer")
     if len(prompts) != len(completions):
         raise ValueError(f"len(prompts)={len(prompts)} != len(completions)={len(completions)}")
-    enc = sft.encode_pairs(list(zip(prompts, completions)), tokenizer, prompt_len,
+    enc = encode_pairs(list(zip(prompts, completions)), tokenizer, prompt_len,
                            completion_len, render)
     return np.asarray(_score_jit(model.params, enc["tokens_BL"], enc["attn_BL"], model.config))
 
 
 _score_jit = jax.jit(lambda p, t, a, c: sequence_rewards(p, c, t, a), static_argnums=3)
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-def train_reward_model(config: Config, *, run_dir: str | Path | None = None, mesh=None,
-                       max_steps_this_run: int | None = None,
-                       quiet: bool = False) -> stages.StageResult:
-    """Runs (or resumes) reward-model training into `run_dir` (default `config.run_dir`).
-
-    Reads: `seed`, `model.*` (the backbone: an exported SFT run or a preset; a `model.path`
-    holding `value_head.safetensors` continues that head), `data.*` (source, path,
-    prompt_field, chosen_field, rejected_field, template, max_prompt_len, eval_size /
-    eval_split), `sampling.max_new_tokens` (completion length), `train.*` as the SFT stage,
-    `mesh.*`.
-
-    Metrics per step: `rm/loss`, `rm/accuracy`, `rm/margin`, `rm/chosen_reward`,
-    `rm/rejected_reward`, `grad_norm`, `lr`; held-out (every `train.eval_every` steps and at
-    the end): `eval/loss`, `eval/accuracy` (pairwise), `eval/margin`.
-    """
-    run_dir = Path(run_dir or config.run_dir)
-    mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    tokenizer, model = build_reward_model(config, mesh)
-    render = stages.make_render(config, tokenizer)
-    P, T = config.data.max_prompt_len, config.sampling.max_new_tokens
-    train_data = dpo.encode_preferences(dpo.read_pairs(config, "train"), tokenizer, P, T, render)
-    mc = model.config
-    evaluate = None
-    if config.data.eval_size or config.data.eval_split:
-        eval_data = dpo.encode_preferences(dpo.read_pairs(config, "eval"), tokenizer, P, T,
-                                           render)
-        terms = jax.jit(lambda p, b: rm_terms(p, mc, b))
-
-        def evaluate(params):
-            t = stages.eval_rows(terms, params, eval_data, config.train.prompts_per_step, mesh)
-            margin = t["r_chosen"] - t["r_rejected"]
-            return {"eval/loss": float(np.mean(t["loss"])),
-                    "eval/accuracy": float(np.mean(margin > 0)),
-                    "eval/margin": float(np.mean(margin))}
-
-    return stages.run_stage(
-        config, run_dir=run_dir, mesh=mesh, params=model.params,
-        loss_fn=lambda p, _, b: rm_batch_loss(p, mc, b), train_data=train_data,
-        evaluate=evaluate, max_steps_this_run=max_steps_this_run, quiet=quiet)

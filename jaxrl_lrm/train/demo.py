@@ -5,11 +5,15 @@
 2. From that checkpoint, (a) continue SFT on the same data (the control) and (b) run GRPO with
    the verifiable reward, for the same wall time.
 3. Print the before / control / after table with sample completions, write `demo_summary.json`
-   and the plot.
+   and the plots.
+
+Every stage runs through the one loop (`train.loop.run`); the RL run's compiled programs serve
+every evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,8 +22,11 @@ import jax
 import numpy as np
 
 from jaxrl_lrm.config import Config, save_config
-from jaxrl_lrm.rl import setup, sft, trainer
-from jaxrl_lrm.rl.logging import MetricsLogger, plot_run
+from jaxrl_lrm.offline import data as offline_data
+from jaxrl_lrm.offline import sft
+from jaxrl_lrm.train import loop, offline_stage, rl_stage
+from jaxrl_lrm.train.logging import plot_run
+from jaxrl_lrm.train.plots import plot_comparison
 
 
 def fresh_dir(path: Path) -> Path:
@@ -37,74 +44,87 @@ def _mean_last(values: list[float], n: int = 3) -> float:
     return float(np.mean(values[-n:])) if values else float("nan")
 
 
+def _sft_config(config: Config, steps: int) -> Config:
+    c = config
+    return dataclasses.replace(c, stage="sft", train=dataclasses.replace(
+        c.train, steps=steps, prompts_per_step=c.sft.batch_size, lr=c.sft.lr, eval_every=0,
+        checkpoint_every=0, micro_batches=1))
+
+
+def _sft_stage(config: Config, s: rl_stage.RLSetup, params, data: dict, *, steps: int,
+               seed: int) -> loop.Stage:
+    mc = s.model_config
+    objective = offline_stage.Objective(
+        loss=lambda p, _, b, d: sft.sft_loss(p, mc, b, d), denominators=sft.target_denominators,
+        eval_terms=None, summarize=None)
+    return offline_stage.make_stage(_sft_config(config, steps), objective, mesh=s.mesh,
+                                    params=params, train_data=data, eval_data=None, name="sft",
+                                    seed=seed)
+
+
+def _control(config: Config, s, sft_params, data, seconds: float, n_evals: int, accuracy,
+             run_dir: Path):
+    """Continued SFT for `seconds`, evaluated `n_evals` times at equal intervals."""
+    stage = _sft_stage(config, s, sft_params, data, steps=10**6, seed=config.seed + 1)
+    cfg, evals = _sft_config(config, 10**6), []
+    for _ in range(n_evals):
+        result = loop.run(cfg, stage, run_dir, max_seconds=seconds / n_evals,
+                          quiet=True, checkpoints=False)
+        stage.state = result.state
+        evals.append(accuracy(result.state.params))
+    return evals
+
+
 def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) -> dict:
     """Runs the three stages and returns the summary written to `demo_summary.json`."""
     t_start = time.monotonic()
     run_dir = fresh_dir(Path(run_dir or config.run_dir))
     out(f"[demo] run directory: {run_dir}")
     save_config(config, run_dir / "config.yaml")
-    session = trainer.Session(config)
-    if session.task is None or session.task.sft_examples is None:
-        raise ValueError(f"the demo needs a task with SFT data; data.task={config.data.task!r}")
     c = config
-    eval_rows = session.eval_subset()
-    pairs = session.task.sft_examples(c.sft.batch_size * 200, c.seed + 7)
-    data = sft.encode_pairs(pairs, session.tokenizer, session.prompt_len, session.max_new,
-                            render=session.render)
-    n_evals = max(c.train.steps // max(c.train.eval_every, 1), 1)
+    s = rl_stage.build(config)
+    if s.task is None or s.task.sft_examples is None:
+        raise ValueError(f"the demo needs a task with SFT data; data.task={c.data.task!r}")
+    eval_rows = s.eval_subset()
+    pairs = s.task.sft_examples(c.sft.batch_size * 200, c.seed + 7)
+    data = offline_data.encode_pairs(pairs, s.text.tokenizer, c.data.max_prompt_len,
+                                     c.sampling.max_new_tokens, render=s.text.render)
 
-    def greedy_acc(params) -> float:
-        return session.evaluate(params, rows=eval_rows)[0]["eval/accuracy"]
+    def accuracy(params) -> float:
+        return rl_stage.evaluate(s, params, rows=eval_rows)[0]["eval/accuracy"]
 
-    # ---- 1. SFT warm-up
     out(f"[demo] SFT: {c.sft.steps} steps of {c.sft.batch_size} examples "
         f"({c.data.task_args}, {int(100 * c.data.task_args.get('wrong_frac', 0.6))}% with "
         "carries dropped)")
-    sft_log = MetricsLogger(run_dir / "sft", total_steps=c.sft.steps, stream=_Null())
-    state, optimizer, _ = trainer.make_train_state(
-        session, setup.frozen_copy(session.policy.params), c.sft.steps, c.sft.lr)
     t0 = time.monotonic()
-    state, _ = sft.run_sft(state, optimizer, data, config=session.model_config,
-                           mesh=session.mesh, batch_size=c.sft.batch_size, seed=c.seed,
-                           max_steps=c.sft.steps,
-                           on_step=lambda i, st, m: sft_log.log(i, jax.device_get(m))
-                           if i % 50 == 0 else None)
+    sft_run = loop.run(_sft_config(c, c.sft.steps),
+                       _sft_stage(c, s, s.state.params, data, steps=c.sft.steps, seed=c.seed),
+                       run_dir / "sft", quiet=True, checkpoints=False)
     sft_seconds = time.monotonic() - t0
-    sft_params = setup.frozen_copy(state.params)
-    sft_acc = greedy_acc(sft_params)
+    sft_params = sft_run.state.params
+    sft_acc = accuracy(sft_params)
     out(f"[demo] after SFT ({sft_seconds:.0f}s): held-out greedy accuracy {sft_acc:.1%}")
 
-    # ---- 2b. GRPO from the SFT checkpoint
     out(f"[demo] GRPO: {c.train.steps} steps of {c.train.prompts_per_step} prompts x "
         f"{c.algorithm.group_size} samples, verifiable reward")
     t0 = time.monotonic()
-    result = trainer.train(config, run_dir=run_dir / "rl", session=session,
-                           init_params=setup.frozen_copy(sft_params))
+    rl = rl_stage.with_params(s, sft_params)
+    result = loop.run(c, rl_stage.stage(rl), run_dir / "rl")
     rl_seconds = time.monotonic() - t0
     rl_evals = [h["eval/accuracy"] for h in result.history if "eval/accuracy" in h]
     rl_acc = _mean_last(rl_evals)
-    out(f"[demo] after GRPO ({rl_seconds:.0f}s): accuracy {rl_acc:.1%} "
-        f"(mean of the last {min(3, len(rl_evals))} evals; evals {[round(a, 3) for a in rl_evals]})")
+    out(f"[demo] after GRPO ({rl_seconds:.0f}s): accuracy {rl_acc:.1%} (mean of the last "
+        f"{min(3, len(rl_evals))} evals; evals {[round(a, 3) for a in rl_evals]})")
 
-    # ---- 2a. the control: continued SFT for the same wall time, evaluated as often
     control_seconds = c.sft.control_seconds or rl_seconds
-    ctrl_state, ctrl_opt, _ = trainer.make_train_state(
-        session, setup.frozen_copy(sft_params), 10**6, c.sft.lr)
-    ctrl_evals: list[float] = []
-    slice_s = control_seconds / n_evals
+    n_evals = max(c.train.steps // max(c.train.eval_every, 1), 1)
     t0 = time.monotonic()
-    for _ in range(n_evals):
-        ctrl_state, _ = sft.run_sft(ctrl_state, ctrl_opt, data, config=session.model_config,
-                                    mesh=session.mesh, batch_size=c.sft.batch_size,
-                                    seed=c.seed + 1 + len(ctrl_evals), max_seconds=slice_s)
-        ctrl_evals.append(greedy_acc(ctrl_state.params))
+    ctrl_evals = _control(c, s, sft_params, data, control_seconds, n_evals, accuracy,
+                          run_dir / "control")
     control_acc = _mean_last(ctrl_evals)
     out(f"[demo] control, continued SFT ({time.monotonic() - t0:.0f}s): accuracy "
         f"{control_acc:.1%} (evals {[round(a, 3) for a in ctrl_evals]})")
 
-    # ---- 3. report
-    _, samples = session.evaluate(result.params, rows=eval_rows[:4])
-    _, sft_samples = session.evaluate(sft_params, rows=eval_rows[:4])
     summary = {
         "run_dir": str(run_dir),
         "sft_accuracy": sft_acc, "control_accuracy": control_acc, "rl_accuracy": rl_acc,
@@ -115,51 +135,24 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
         "control_seconds": control_seconds, "seconds": time.monotonic() - t_start,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
-    with open(run_dir / "demo_summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    (run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(run_dir / "rl", run_dir / "reward.png")
     plot_comparison(summary, run_dir / "demo.png")
-    out("")
-    out("| stage | held-out greedy accuracy |")
-    out("|---|---|")
-    out(f"| after SFT on imperfect data (start of RL) | {sft_acc:.1%} |")
-    out(f"| control: SFT continued for the same time | {control_acc:.1%} |")
-    out(f"| GRPO with the verifiable reward | {rl_acc:.1%} |")
-    out("")
-    for (prompt, before, _), (_, after, ok) in zip(sft_samples, samples):
-        out(f"  {prompt!s:>10} SFT -> {before!r:8}  GRPO -> {after!r:8} {'ok' if ok else 'wrong'}")
-    out(f"\n[demo] {summary['seconds']:.0f}s in all; summary in {run_dir / 'demo_summary.json'}")
+    _report(out, s, summary, sft_params, result.state.params, eval_rows[:4])
     return summary
 
 
-def plot_comparison(summary: dict, out: Path) -> None:
-    """Held-out greedy accuracy of GRPO and of the continued-SFT control over the same wall
-    time, with the SFT starting point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, seconds, label in (("rl_evals", "rl_seconds", "GRPO, verifiable reward"),
-                                ("control_evals", "control_seconds", "control: more SFT")):
-        ys = summary[key]
-        xs = [summary[seconds] * (i + 1) / len(ys) for i in range(len(ys))]
-        ax.plot(xs, ys, "o-", label=label)
-    ax.axhline(summary["sft_accuracy"], color="gray", ls="--", label="after SFT (start)")
-    ax.set_xlabel("seconds of training after SFT")
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-class _Null:
-    def write(self, _):
-        pass
-
-    def flush(self):
-        pass
+def _report(out, s, summary: dict, sft_params, rl_params, rows) -> None:
+    _, samples = rl_stage.evaluate(s, rl_params, rows=rows)
+    _, sft_samples = rl_stage.evaluate(s, sft_params, rows=rows)
+    out("")
+    out("| stage | held-out greedy accuracy |")
+    out("|---|---|")
+    out(f"| after SFT on imperfect data (start of RL) | {summary['sft_accuracy']:.1%} |")
+    out(f"| control: SFT continued for the same time | {summary['control_accuracy']:.1%} |")
+    out(f"| GRPO with the verifiable reward | {summary['rl_accuracy']:.1%} |")
+    out("")
+    for (prompt, before, _), (_, after, ok) in zip(sft_samples, samples):
+        out(f"  {prompt!s:>10} SFT -> {before!r:8}  GRPO -> {after!r:8} {'ok' if ok else 'wrong'}")
+    out(f"\n[demo] {summary['seconds']:.0f}s in all; summary in "
+        f"{Path(summary['run_dir']) / 'demo_summary.json'}")

@@ -177,3 +177,11 @@ class _Bound:
 
     def __call__(self, prompts, completions, **columns):
         return self.fn(prompts, completions, **columns, **self.kwargs)
+
+
+def build_model(config: Config, mesh):
+    """`(task or None, tokenizer, model)` of a run's config."""
+    task = resolve_task(config.data.task, config.data.task_args) \
+        if config.data.source == "task" else None
+    tokenizer = build_tokenizer(config, task)
+    return task, tokenizer, build_policy(config, tokenizer, mesh)

@@ -14,7 +14,8 @@ from jaxrl_lrm.config import AlgorithmSection, load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer, HFTokenizer
 from jaxrl_lrm.rewards import dense
 from jaxrl_lrm.rewards import model_based as mb
-from jaxrl_lrm.rl import rollout, setup, trainer
+from jaxrl_lrm import train
+from jaxrl_lrm.train import host, rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN2 = ROOT / "tests" / "fixtures" / "qwen2"
@@ -102,7 +103,7 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
     toks = np.array([[4, 3, 4, 1, 0], [3, 999, 4, 4, 0], [4, 4, 4, 4, 4]])
     mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
     comps = ["101", "011", "11"]  # id 999 is past the vocabulary: decodes to nothing
-    d, sums, errors = rollout.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
+    d, sums, errors = host.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
                                             [("ones", dense_toy.every_char, 0.5)])
     want = 0.5 * np.float32([[1, 0, 1, 0, 0], [0, 0, 1, 1, 0], [1, 1, 0, 0, 0]])
     np.testing.assert_array_equal(d, want)
@@ -114,19 +115,20 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
         raise RuntimeError("broken on purpose")
 
     broken.token_level = True
-    d, sums, errors = rollout.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
+    d, sums, errors = host.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
                                             [("broken", broken, 1.0),
                                              ("ones", dense_toy.every_char, 0.5)])
     np.testing.assert_array_equal(d, want)
     assert errors == {"errors/broken": 3.0} and not sums["broken"].any()
 
-    # the session sends scalar functions to the executor and keeps token-level ones itself
+    # scalar functions go to the executor; token-level ones stay in the trainer's process
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
         "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1",
         "rewards.functions=[{fn: task}, {fn: 'dense_toy:every_char', args: {}}]"])
-    session = trainer.Session(cfg)
-    assert [t[0] for t in session.scalar_reward_fns] == ["task"]
-    assert [t[0] for t in session.token_reward_fns] == ["every_char"]
+    task = setup.resolve_task(cfg.data.task, cfg.data.task_args)
+    scalar, token = host.split_reward_fns(setup.build_rewards(cfg, task))
+    assert [t[0] for t in scalar] == ["task"]
+    assert [t[0] for t in token] == ["every_char"]
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -178,24 +180,26 @@ def test_reinforce_pp_and_gae_with_token_rewards(batch):
     r = _token_rewards(b, beta)
     spec = algorithms.resolve(AlgorithmSection(name="reinforce_pp", beta=beta))
     got = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                token_rewards_BT=b["dense"])
+                                token_rewards_BT=b["dense"]).adv_BT
     np.testing.assert_allclose(got, _np_whiten(_np_returns(r, b["mask"]), b["mask"]),
                                rtol=1e-4, atol=1e-5)
     spec = algorithms.resolve(AlgorithmSection(name="ppo", beta=beta, gamma=0.9, lam=0.8))
-    adv, ret = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                     values_BT=b["values"], token_rewards_BT=b["dense"])
+    out = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
+                                values_BT=b["values"], token_rewards_BT=b["dense"])
+    adv, ret = out.adv_BT, out.returns_BT
     ref = _np_returns(r, b["mask"], 0.9, b["values"], 0.8)
     np.testing.assert_allclose(ret, (ref + b["values"]) * b["mask"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(adv, _np_whiten(ref, b["mask"]), rtol=1e-4, atol=1e-5)
-    # the jitted wrapper the trainer uses agrees; no dense term is the old estimator exactly
-    jit = rollout._advantages(spec, b["rewards"], b["mask"], b["kl"], b["values"],
-                              np.float32(beta), b["dense"])
-    np.testing.assert_allclose(jit[0], adv, rtol=1e-5, atol=1e-6)
+    # jitted (as inside the update) it agrees; no dense term is the old estimator exactly
+    jit = jax.jit(lambda *a: algorithms.advantages(spec, *a[:2], kl_BT=a[2], values_BT=a[3],
+                                                   beta=a[4], token_rewards_BT=a[5]))(
+        b["rewards"], b["mask"], b["kl"], b["values"], np.float32(beta), b["dense"])
+    np.testing.assert_allclose(jit.adv_BT, adv, rtol=1e-5, atol=1e-6)
     plain = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
                                   values_BT=b["values"])
     zeros = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
                                   values_BT=b["values"], token_rewards_BT=0 * b["dense"])
-    np.testing.assert_array_equal(plain[0], zeros[0])
+    np.testing.assert_array_equal(plain.adv_BT, zeros.adv_BT)
 
 
 def test_group_estimators_sum_dense_rewards_per_row(batch):
@@ -205,34 +209,36 @@ def test_group_estimators_sum_dense_rewards_per_row(batch):
     spec = algorithms.resolve(AlgorithmSection(name="grpo", group_size=2))
     got = algorithms.advantages(spec, b["rewards"], b["mask"], token_rewards_BT=b["dense"])
     want = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(got, want.reshape(-1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.adv_BT, want.reshape(-1, 1) * b["mask"], rtol=1e-4,
+                               atol=1e-5)
     spec = algorithms.resolve(AlgorithmSection(name="rloo", group_size=2))
     got = algorithms.advantages(spec, b["rewards"], b["mask"], token_rewards_BT=b["dense"])
-    np.testing.assert_allclose(got, (g - g[:, ::-1]).reshape(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.adv_BT, (g - g[:, ::-1]).reshape(-1, 1) * b["mask"],
+                               rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- end to end
 
 
 def _train(tmp_path, monkeypatch, *extra):
-    """Two PPO steps on the smoke config; records every rollout and advantage call."""
-    seen = {"rollouts": [], "adv": []}
-    sample, adv = rollout.sample_and_score, rollout._advantages
+    """Two PPO steps on the smoke config; records what each step sends to the device."""
+    seen = {"scores": [], "tokens": []}
+    to_device, host_completions = rl.to_device, rl.host_completions
 
-    def rec_sample(*a, **k):
-        seen["rollouts"].append(r := sample(*a, **k))
-        return r
+    def rec_to_device(scores, mesh, keep_N=None):
+        seen["scores"].append(scores)
+        return to_device(scores, mesh, keep_N)
 
-    def rec_adv(*a):
-        seen["adv"].append((a[-1] if len(a) == 7 else None, out := adv(*a)))
+    def rec_host(rollout, T):
+        seen["tokens"].append(out := host_completions(rollout, T))
         return out
 
-    monkeypatch.setattr(rollout, "sample_and_score", rec_sample)
-    monkeypatch.setattr(rollout, "_advantages", rec_adv)
+    monkeypatch.setattr(rl, "to_device", rec_to_device)
+    monkeypatch.setattr(rl, "host_completions", rec_host)
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
         "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.eval_every=0", "train.steps=2",
         "algorithm.name=ppo", "algorithm.beta=0.0", *extra])
-    history = trainer.train(cfg, run_dir=tmp_path, quiet=True).history
+    history = train.run_rl(cfg, run_dir=tmp_path, quiet=True).history
     return history, seen
 
 
@@ -240,23 +246,23 @@ def test_trainer_feeds_dense_rewards_to_gae(tmp_path, monkeypatch):
     dense_toy.CALLS.clear()
     history, seen = _train(tmp_path / "dense", monkeypatch, "rewards.functions=[{fn: task}, "
                            "{fn: 'dense_toy:every_char', weight: 0.5}]")
-    assert len(dense_toy.CALLS) == 2 and len(seen["rollouts"]) == 2
+    assert len(dense_toy.CALLS) == 2 and len(seen["scores"]) == 2
     tok = CharTokenizer(setup.resolve_task("addition", {"digits": 2}).alphabet)
-    for h, comps, r, (dense_arg, _) in zip(history, dense_toy.CALLS, seen["rollouts"],
-                                           seen["adv"]):
-        assert comps == r.completions
+    for h, comps, sc, (toks, smask) in zip(history, dense_toy.CALLS, seen["scores"],
+                                          seen["tokens"]):
+        assert comps == sc.completions
+        dense_arg = sc.dense_NT
         assert h["reward/dense_mean"] == pytest.approx(np.mean([0.5 * c.count("1")
                                                                 for c in comps]), abs=1e-6)
         # independently: 0.5 on every sampled token that decodes to '1', 0 elsewhere
-        want = np.zeros(r.toks_NT.shape, np.float32)
-        for i, j in zip(*np.nonzero(r.smask_NT)):
-            if tok.decode([int(r.toks_NT[i, j])]) == "1":
+        want = np.zeros(toks.shape, np.float32)
+        for i, j in zip(*np.nonzero(smask)):
+            if tok.decode([int(toks[i, j])]) == "1":
                 want[i, j] = 0.5
         np.testing.assert_array_equal(dense_arg, want)
         assert want.sum() > 0  # the random policy writes some '1's: the test has teeth
     base, seen0 = _train(tmp_path / "plain", monkeypatch, "rewards.functions=[{fn: task}]")
-    assert "reward/dense_mean" not in base[0] and seen0["adv"][0][0] is None
-    assert seen0["rollouts"][0].completions == dense_toy.CALLS[0]  # same samples at step 1 ...
-    (_, (adv1, ret1)), (_, (adv0, ret0)) = seen["adv"][0], seen0["adv"][0]
-    assert not np.allclose(ret1, ret0) and not np.allclose(adv1, adv0)  # ... other returns
+    assert "reward/dense_mean" not in base[0] and seen0["scores"][0].dense_NT is None
+    assert seen0["scores"][0].completions == dense_toy.CALLS[0]  # same samples at step 1 ...
+    # ... other returns: the value model's loss against them differs
     assert history[0]["value/loss"] != pytest.approx(base[0]["value/loss"])

@@ -13,8 +13,9 @@ from jaxrl_lrm import models
 from jaxrl_lrm.config import ConfigError, load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer
 from jaxrl_lrm.models import transformer
-from jaxrl_lrm.rl import dpo, stages
-from jaxrl_lrm.rl.logging import read_metrics
+from jaxrl_lrm.offline import dpo
+from jaxrl_lrm.train import stages
+from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo.yaml"
@@ -73,7 +74,7 @@ def test_dpo_terms_match_numpy():
 def test_dpo_starts_at_log2_and_learns(tmp_path):
     config = _config(tmp_path, "train.steps=30", "train.eval_every=0",
                      "train.checkpoint_every=0")
-    result = stages.run(config, quiet=True)
+    result = stages.train(config, quiet=True)
     h = result.history
     # Policy == reference at step 0: h = 0 exactly, so the loss is -log sigmoid(0) = log 2.
     assert abs(h[0]["dpo/loss"] - math.log(2)) < 1e-6
@@ -89,10 +90,10 @@ def _strip_time(records):
 
 def test_dpo_resume_is_exact(tmp_path):
     over = ("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2")
-    stages.run(_config(tmp_path / "straight", *over))
-    stages.run(_config(tmp_path / "split", *over), max_steps_this_run=2)
+    stages.train(_config(tmp_path / "straight", *over))
+    stages.train(_config(tmp_path / "split", *over), max_steps_this_run=2)
     assert len(read_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
-    stages.run(_config(tmp_path / "split", *over))
+    stages.train(_config(tmp_path / "split", *over))
     a = _strip_time(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     b = _strip_time(read_metrics(tmp_path / "split" / "metrics.jsonl"))
     assert [r["step"] for r in a] == [1, 2, 3, 4]
@@ -101,13 +102,13 @@ def test_dpo_resume_is_exact(tmp_path):
 
 def test_bad_dpo_inputs_raise(tmp_path):
     with pytest.raises(ValueError, match="algorithm.beta=0.0"):
-        stages.run(_config(tmp_path, "algorithm.beta=0.0"))
+        stages.train(_config(tmp_path, "algorithm.beta=0.0"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p:", "chosen": "a"}) + "\n")
     with pytest.raises(ValueError, match="'rejected'"):
-        stages.run(_config(tmp_path, f"data.path={bad}", "data.eval_size=0"))
+        stages.train(_config(tmp_path, f"data.path={bad}", "data.eval_size=0"))
     with pytest.raises(ValueError, match="train.prompts_per_step=999"):
-        stages.run(_config(tmp_path, "train.prompts_per_step=999"))
+        stages.train(_config(tmp_path, "train.prompts_per_step=999"))
     with pytest.raises(ConfigError, match="stage='ppo'"):
         _config(tmp_path, "stage=ppo")
 
@@ -120,7 +121,7 @@ def test_sft_export_chains_into_dpo(tmp_path):
         f"data.path={ROOT}/tests/fixtures/pairs/reverse.jsonl", "data.template=plain",
         "data.eval_size=0", "sampling.max_new_tokens=9", "data.max_prompt_len=10",
         "train.steps=2", "train.checkpoint_every=0", "train.eval_every=0"])
-    sft_result = stages.run(sft)
+    sft_result = stages.train(sft)
     out = tmp_path / "sft_hf"
     assert stages.export(tmp_path / "sft", out) == 2
     loaded = models.load_pretrained(out)
@@ -129,6 +130,6 @@ def test_sft_export_chains_into_dpo(tmp_path):
     np.testing.assert_allclose(
         models.logits(loaded, tokens),
         models.logits(loaded.replace(params=sft_result.params), tokens), rtol=1e-6, atol=1e-6)
-    result = stages.run(_config(tmp_path / "dpo", f"model.path={out}", "model.preset=null",
+    result = stages.train(_config(tmp_path / "dpo", f"model.path={out}", "model.preset=null",
                                 "train.steps=1", "data.eval_size=0"), quiet=True)
     assert abs(result.history[0]["dpo/loss"] - math.log(2)) < 1e-6

@@ -11,8 +11,8 @@ import numpy as np
 from jaxrl_lrm import models
 from jaxrl_lrm.cli import main as cli_main
 from jaxrl_lrm.config import load_config
-from jaxrl_lrm.rl import trainer
-from jaxrl_lrm.rl.logging import read_metrics
+from jaxrl_lrm.train import loop, rl_stage
+from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,10 +32,10 @@ def test_grpo_from_hf_checkpoint_on_jsonl_then_export(tmp_path):
         "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.steps=2", "train.eval_every=2",
         "eval.num_prompts=4", "eval.k=0", "sampling.max_new_tokens=6", f"run_dir={run_dir}"]
     config = load_config(ROOT / "configs" / "smoke.yaml", overrides)
-    result = trainer.train(config)
-    session = result.session
-    assert session.tokenizer.chat_template is not None
-    assert session.render("hi").startswith("<|im_start|>user")
+    s = rl_stage.build(config)
+    assert s.text.tokenizer.chat_template is not None
+    assert s.text.render("hi").startswith("<|im_start|>user")
+    result = loop.run(config, rl_stage.stage(s), run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
@@ -48,9 +48,9 @@ def test_grpo_from_hf_checkpoint_on_jsonl_then_export(tmp_path):
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     reloaded = models.load_pretrained(out)
     tokens = np.array([[5, 17, 42, 9, 100, 7]])
-    want = models.logits(session.policy.replace(params=result.params), tokens)
+    start = models.load_pretrained(ROOT / "tests" / "fixtures" / "qwen2")
+    want = models.logits(start.replace(params=result.params), tokens)
     got = models.logits(reloaded, tokens)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
     # the trained parameters differ from the checkpoint we started from
-    start = models.load_pretrained(ROOT / "tests" / "fixtures" / "qwen2")
     assert not np.allclose(np.asarray(models.logits(start, tokens)), np.asarray(got))

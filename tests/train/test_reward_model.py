@@ -13,8 +13,9 @@ from jaxrl_lrm import models
 from jaxrl_lrm.config import load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer
 from jaxrl_lrm.models import transformer
-from jaxrl_lrm.rl import dpo, reward_model, stages
-from jaxrl_lrm.rl.logging import read_metrics
+from jaxrl_lrm.offline import dpo, reward_model
+from jaxrl_lrm.train import stages
+from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "reward_model.yaml"
@@ -59,7 +60,7 @@ def test_bradley_terry_matches_numpy():
 
 
 def test_reward_model_ranks_held_out_pairs(tmp_path):
-    result = stages.run(_config(tmp_path, "train.steps=40", "train.eval_every=0",
+    result = stages.train(_config(tmp_path, "train.steps=40", "train.eval_every=0",
                                 "train.checkpoint_every=0"))
     h = result.history
     assert abs(h[0]["rm/loss"] - math.log(2)) < 1e-6  # zero head: every reward is 0
@@ -80,16 +81,16 @@ def test_reward_model_ranks_held_out_pairs(tmp_path):
                                rtol=1e-5, atol=1e-5)
     assert np.all(rc > reward_model.score(loaded, prompts, rejected, **kw))
     # A reward-model run continues from the exported head (model.path holds it).
-    cont = stages.run(_config(tmp_path / "cont", f"model.path={out}", "model.preset=null",
+    cont = stages.train(_config(tmp_path / "cont", f"model.path={out}", "model.preset=null",
                               "train.steps=1", "data.eval_size=0"), quiet=True)
     assert cont.history[0]["rm/loss"] < 0.5
 
 
 def test_reward_model_resume_is_exact(tmp_path):
     over = ("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2")
-    stages.run(_config(tmp_path / "straight", *over))
-    stages.run(_config(tmp_path / "split", *over), max_steps_this_run=2)
-    stages.run(_config(tmp_path / "split", *over))
+    stages.train(_config(tmp_path / "straight", *over))
+    stages.train(_config(tmp_path / "split", *over), max_steps_this_run=2)
+    stages.train(_config(tmp_path / "split", *over))
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]
     a = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     b = strip(read_metrics(tmp_path / "split" / "metrics.jsonl"))
@@ -107,4 +108,4 @@ def test_save_and_load_errors(tmp_path):
     with pytest.raises(ValueError, match="value_head.safetensors"):
         reward_model.load_reward_model(tmp_path / "plain")
     with pytest.raises(ValueError, match="data.source='task'"):
-        stages.run(_config(tmp_path, "data.source=task"))
+        stages.train(_config(tmp_path, "data.source=task"))

@@ -17,7 +17,9 @@ from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.value_model import VALUE_HEAD_FILE, load_value_model, save_value_model
 from jaxrl_lrm.rewards import executor as executor_mod
 from jaxrl_lrm.rewards.model_based import RewardModelScorer
-from jaxrl_lrm.rl import reward_model, rollout, setup, trainer
+from jaxrl_lrm import train
+from jaxrl_lrm.offline import reward_model
+from jaxrl_lrm.train import rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -137,7 +139,7 @@ def test_reward_model_checkpoint_is_grpo_reward(rm_dir, tmp_path, monkeypatch):
     functions = f"rewards.functions=[{{fn: '{RM_FN}', args: {{path: '{path}'}}}}]"
     config = load_config(SMOKE, [*BASE, functions])
     assert config.rewards.num_workers == 0
-    result = trainer.train(config, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(config, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [1, 2] and len(calls) == 2
     prompts, completions, totals = calls[0]
     assert len(completions) == config.train.prompts_per_step * config.algorithm.group_size
@@ -158,17 +160,18 @@ def test_reward_model_checkpoint_is_grpo_reward(rm_dir, tmp_path, monkeypatch):
 def test_ppo_value_model_from_reward_model(rm_dir, tmp_path, monkeypatch):
     rm, path = rm_dir
     seen = []
-    original = rollout._device_tokens
+    original = rl.host_completions
 
-    def recording(session, r):
-        seen.append((np.array(r.ids_NP), np.array(r.mask_NP), np.array(r.toks_NT),
-                     np.array(r.smask_NT)))
-        return original(session, r)
+    def recording(rollout, T):
+        toks, smask = original(rollout, T)
+        seen.append((np.asarray(rollout.tokens_BL[:, :-T]), np.asarray(rollout.attn_BL[:, :-T]),
+                     toks, smask))
+        return toks, smask
 
-    monkeypatch.setattr(rollout, "_device_tokens", recording)
+    monkeypatch.setattr(rl, "host_completions", recording)
     config = load_config(SMOKE, [*BASE, "algorithm.name=ppo", f"algorithm.value_path={path}",
                                  "algorithm.beta=0.01"])
-    result = trainer.train(config, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(config, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [1, 2]
     for h in result.history:
         assert all(np.isfinite(v) for v in h.values()), h

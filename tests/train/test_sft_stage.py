@@ -11,8 +11,9 @@ from jaxrl_lrm import cli, models, sharding
 from jaxrl_lrm.config import load_config
 from jaxrl_lrm.data.iterator import PromptIterator
 from jaxrl_lrm.models import transformer
-from jaxrl_lrm.rl import sft_stage, stages
-from jaxrl_lrm.rl.logging import read_metrics
+from jaxrl_lrm.offline import sft as sft_stage
+from jaxrl_lrm.train import setup, stages
+from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "sft.yaml"
@@ -28,10 +29,10 @@ def test_first_step_loss_matches_numpy_on_jsonl(tmp_path):
                      "data.template=plain", "data.max_prompt_len=10",
                      "sampling.max_new_tokens=6", "train.steps=1", "train.prompts_per_step=8",
                      "data.eval_size=0")
-    result = stages.run(config, quiet=True)
+    result = stages.train(config, quiet=True)
     # Rebuild the initial model and the first batch independently.
     rows = [json.loads(line) for line in REVERSE.read_text().splitlines()]
-    _, tok, model = stages.build_model(config, sharding.make_mesh(1, 1, 1))
+    _, tok, model = setup.build_model(config, sharding.make_mesh(1, 1, 1))
     idx = PromptIterator(range(len(rows)), 8, config.seed).next_indices()
     nll, count = 0.0, 0
     for i in idx:
@@ -49,7 +50,7 @@ def test_first_step_loss_matches_numpy_on_jsonl(tmp_path):
 
 
 def test_sft_loss_falls_on_addition(tmp_path):
-    result = stages.run(_config(tmp_path, "train.steps=40", "train.eval_every=0",
+    result = stages.train(_config(tmp_path, "train.steps=40", "train.eval_every=0",
                                 "train.checkpoint_every=0"), quiet=True)
     h = result.history
     assert h[0]["sft/loss"] > 2.4  # ~log(15) for a random model
@@ -60,9 +61,9 @@ def test_sft_loss_falls_on_addition(tmp_path):
 
 def test_sft_resume_is_exact(tmp_path):
     over = ("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2")
-    stages.run(_config(tmp_path / "straight", *over))
-    stages.run(_config(tmp_path / "split", *over), max_steps_this_run=2)
-    stages.run(_config(tmp_path / "split", *over))
+    stages.train(_config(tmp_path / "straight", *over))
+    stages.train(_config(tmp_path / "split", *over), max_steps_this_run=2)
+    stages.train(_config(tmp_path / "split", *over))
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]
     a = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     b = strip(read_metrics(tmp_path / "split" / "metrics.jsonl"))
@@ -94,7 +95,7 @@ def test_cli_train_and_export(tmp_path):
 
 def test_task_pairs_use_sft_examples():
     config = _config("unused", "data.task_args.wrong_frac=1.0")
-    task = stages.build_model(config, sharding.make_mesh(1, 1, 1))[0]
+    task = setup.build_model(config, sharding.make_mesh(1, 1, 1))[0]
     pairs = sft_stage.sft_pairs(config, task, "train")
     assert len(pairs) == sft_stage.TASK_TRAIN_EXAMPLES
     # wrong_frac=1: every completion drops the carries, as AdditionTask.sft_examples does.

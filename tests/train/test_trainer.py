@@ -1,5 +1,6 @@
 """The RL loop end to end on the smoke setup: golden step, learning, exact resume, faults."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,15 +12,16 @@ import pytest
 
 from jaxrl_lrm import checkpoint
 from jaxrl_lrm.config import load_config
-from jaxrl_lrm.rl import steps, trainer
-from jaxrl_lrm.rl.logging import read_metrics
+from jaxrl_lrm import train
+from jaxrl_lrm.train import update
+from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "grpo_smoke_step1.json"
 ONE_DEVICE = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"]
 # Metrics that depend on the wall clock, not on the numbers.
-_TIMING = ("time/", "tokens_per_s", "reward_time")
+_TIMING = ("time/", "tokens_per_s", "reward_time", "compile/")
 
 
 def smoke(*overrides):
@@ -37,7 +39,7 @@ def test_golden_one_step(tmp_path):
     import os
 
     cfg = smoke("train.steps=1", "train.eval_every=0")
-    result = trainer.train(cfg, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     got = {k: v for k, v in numeric(result.history[0]).items()}
     if os.environ.get("JAXRL_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ def test_reward_rises_on_an_easy_task(tmp_path):
     cfg = smoke("train.steps=12", "train.eval_every=0", "train.lr=0.01",
                 "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
                 "algorithm.beta=0.0", "train.prompts_per_step=8")
-    result = trainer.train(cfg, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     rewards = [h["reward/mean"] for h in result.history]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
 
@@ -60,9 +62,9 @@ def test_reward_rises_on_an_easy_task(tmp_path):
 def test_exact_resume(tmp_path):
     """4 steps straight == 2 steps, a new process-like restart, then 2 more."""
     cfg = smoke("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2")
-    straight = trainer.train(cfg, run_dir=tmp_path / "a").history
-    trainer.train(cfg, run_dir=tmp_path / "b", max_steps_this_run=2)
-    trainer.train(cfg, run_dir=tmp_path / "b")
+    straight = train.run_rl(cfg, run_dir=tmp_path / "a").history
+    train.run_rl(cfg, run_dir=tmp_path / "b", max_steps_this_run=2)
+    train.run_rl(cfg, run_dir=tmp_path / "b")
     resumed = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(straight, resumed):
@@ -71,30 +73,30 @@ def test_exact_resume(tmp_path):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = steps.rl_update
+    real = update.rl_update
 
     def poisoned(state, batch, **kw):
         new_state, metrics = real(state, batch, **kw)
         bad = jnp.where(state.step >= 2, jnp.nan, 0.0)
         return new_state, {**metrics, "loss/total": metrics["loss/total"] + bad}
 
-    monkeypatch.setattr(steps, "rl_update", poisoned)
+    monkeypatch.setattr(update, "rl_update", poisoned)
     cfg = smoke("train.steps=4", "train.checkpoint_every=2", "train.eval_every=0")
-    with pytest.raises(trainer.TrainingDivergedError, match="non-finite.*step 3.*loss/total"):
-        trainer.train(cfg, run_dir=tmp_path)
+    with pytest.raises(train.TrainingDivergedError, match="non-finite.*step 3.*loss/total"):
+        train.run_rl(cfg, run_dir=tmp_path)
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
     assert ckpt.all_steps() == [2]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
     # the checkpoint is intact: it restores, and a fresh run resumes from it
-    monkeypatch.setattr(steps, "rl_update", real)
-    result = trainer.train(cfg, run_dir=tmp_path, quiet=True)
+    monkeypatch.setattr(update, "rl_update", real)
+    result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [3, 4]
 
 
 def test_sigterm_saves_and_exits(tmp_path):
     cfg = smoke("train.steps=4", "train.checkpoint_every=0", "train.eval_every=0",
                 "rewards.functions=[{fn: 'toy_rewards:sigterm_in_second_step'}]")
-    result = trainer.train(cfg, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [1, 2]
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
 
@@ -102,7 +104,7 @@ def test_sigterm_saves_and_exits(tmp_path):
 def test_failing_reward_function_does_not_stop_training(tmp_path):
     cfg = smoke("train.steps=2", "train.eval_every=0",
                 "rewards.functions=[{fn: task}, {fn: 'toy_rewards:always_raises', weight: 0.5}]")
-    result = trainer.train(cfg, run_dir=tmp_path, quiet=True)
+    result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert len(result.history) == 2
     last = result.history[-1]
     assert last["reward_errors/always_raises"] == 16  # every sample of the step
@@ -111,7 +113,7 @@ def test_failing_reward_function_does_not_stop_training(tmp_path):
 
 
 def test_run_dir_layout_and_metric_names(tmp_path):
-    trainer.train(smoke(), run_dir=tmp_path)
+    train.run_rl(smoke(), run_dir=tmp_path)
     for name in ("config.yaml", "metrics.jsonl", "reward.png", "checkpoints", "tensorboard"):
         assert (tmp_path / name).exists(), name
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -125,9 +127,9 @@ def test_run_dir_layout_and_metric_names(tmp_path):
 
 def test_sharded_training_matches_single_device(tmp_path):
     """The same run on a 2x2x2 mesh of 8 CPU devices gives the same metrics."""
-    one = trainer.train(smoke("train.steps=2", "train.eval_every=0"),
+    one = train.run_rl(smoke("train.steps=2", "train.eval_every=0"),
                         run_dir=tmp_path / "one", quiet=True).history
-    eight = trainer.train(load_config(SMOKE, ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
+    eight = train.run_rl(load_config(SMOKE, ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
                                               "train.steps=2", "train.eval_every=0"]),
                           run_dir=tmp_path / "eight", quiet=True)
     leaf = jax.tree.leaves(eight.params)[0]
@@ -135,3 +137,23 @@ def test_sharded_training_matches_single_device(tmp_path):
     for a, b in zip(one, eight.history):
         for k, v in numeric(a).items():
             assert b[k] == pytest.approx(v, rel=2e-3, abs=2e-4), k
+
+
+def test_each_program_compiles_once_in_five_steps(tmp_path):
+    """`compile/count` is cumulative per run: sample, score and update compile at step 1 and
+    never again (a layout or shape that changed between steps would show up here)."""
+    result = train.run_rl(smoke("train.steps=5", "train.eval_every=0"), run_dir=tmp_path,
+                          quiet=True)
+    counts = [h["compile/count"] for h in result.history]
+    assert counts == [3.0] * 5, counts
+
+
+def test_nonfinite_state_is_never_checkpointed(tmp_path):
+    """An infinite learning rate makes every parameter NaN at step 1: the run stops before a
+    checkpoint is written, naming the step."""
+    cfg = smoke("train.steps=2", "train.checkpoint_every=1", "train.eval_every=0",
+                "train.lr_schedule=constant", "train.max_grad_norm=0")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float("inf")))
+    with pytest.raises(train.TrainingDivergedError, match="non-finite.*step 1"):
+        train.run_rl(cfg, run_dir=tmp_path, quiet=True)
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
