@@ -12,19 +12,19 @@ Per request (a JSON config plus file descriptors over the SOCK_SEQPACKET socket)
   S, the run's supervisor: new mount, IPC, network, UTS and PID namespaces; enforces the wall
     clock and kills the run when the caller closes the control pipe (or dies); writes one JSON
     status line; dies with the zygote (PR_SET_PDEATHSIG).
-  C1, PID 1 of the run: mounts the run's size-limited tmpfs on /tmp and its own /proc, forks
-    the program and reaps; when the program exits C1 exits and the kernel kills whatever is
-    left in the PID namespace.
-  C2, the program: uid nobody (when the host caller is root), a fresh session keyring, its own
-    user namespace (so RLIMIT_NPROC is counted per run), rlimits, no capabilities,
-    no_new_privs, only its own descriptors; then the program's code runs in this already
-    started interpreter (no exec), and in "serve" mode `_wire.serve` answers the harness.
+  C, PID 1 of the run: mounts the run's size-limited tmpfs on /tmp and its own /proc, then
+    takes uid nobody (when the host caller is root), a fresh session keyring, its own user
+    namespace (so RLIMIT_NPROC is counted per run), rlimits, no capabilities, no_new_privs and
+    only its own descriptors; then the program's code runs in this already started interpreter
+    (no exec), and in "serve" mode `_wire.serve` answers the harness. When C exits (or S kills
+    it) the kernel kills everything else in the PID namespace.
 The zygote exits when its socket closes or its parent changes.
 """
 
 import atexit
 import builtins
 import ctypes
+import gc
 import json
 import os
 import platform
@@ -208,8 +208,16 @@ def _run_program(src: str, serve: bool) -> int:
 
 
 def _program(cfg: dict, fds: dict, report: int) -> None:
-    """C2: drops to the program's identity and limits, then runs it; never returns."""
+    """C, PID 1 of the run: its /tmp and /proc, then the program's identity and limits, then
+    the program itself; never returns. When it exits the kernel kills the rest of the run."""
     try:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.close(fds.pop("ctl"))
+        os.close(fds.pop("status"))
+        opts = f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777"
+        _mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, opts)
+        _mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None, feature="pid")
+        socket.sethostname("sandbox")
         if os.getuid() == 0 and cfg["host_root"]:
             os.setgroups([])
             os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -221,15 +229,16 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
         _check(libc.unshare(NEWUSER), "user", "unshare(CLONE_NEWUSER) for the program")
         _map_self(uid, uid, gid)
         lim = cfg["limits"]
-        for res, value in (
-            (resource.RLIMIT_CPU, lim["cpu_s"]),
-            (resource.RLIMIT_AS, lim["as_bytes"]),
-            (resource.RLIMIT_NPROC, lim["nproc"]),
-            (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
-            (resource.RLIMIT_NOFILE, lim["nofile"]),
-            (resource.RLIMIT_CORE, 0),
+        for res, soft, hard in (
+            # As PID 1 the program ignores SIGXCPU; the hard limit's SIGKILL stops it.
+            (resource.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"]),
+            (resource.RLIMIT_AS, lim["as_bytes"], lim["as_bytes"]),
+            (resource.RLIMIT_NPROC, lim["nproc"], lim["nproc"]),
+            (resource.RLIMIT_FSIZE, lim["fsize_bytes"], lim["fsize_bytes"]),
+            (resource.RLIMIT_NOFILE, lim["nofile"], lim["nofile"]),
+            (resource.RLIMIT_CORE, 0, 0),
         ):
-            resource.setrlimit(res, (value, value))
+            resource.setrlimit(res, (soft, hard))
         hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
         if libc.capset(hdr, (ctypes.c_uint32 * 6)()) != 0:
             raise OSError(ctypes.get_errno(), "capset")
@@ -255,33 +264,6 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
     os._exit(_run_program(src, cfg["mode"] == "serve"))
 
 
-def _init(cfg: dict, fds: dict, report: int) -> None:
-    """C1, PID 1 of the run: its /tmp and /proc, then forks the program and reaps."""
-    try:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        os.close(fds.pop("ctl"))
-        os.close(fds.pop("status"))
-        opts = f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777"
-        _mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, opts)
-        _mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None, feature="pid")
-        socket.sethostname("sandbox")
-    except OSError as e:
-        os.write(report, f"E {e}\n".encode())
-        os._exit(1)
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _program(cfg, fds, report)
-    for fd in fds.values():
-        os.close(fd)
-    while True:
-        got, status = os.waitpid(-1, 0)
-        if got == pid:
-            code = os.waitstatus_to_exitcode(status)
-            os.write(report, f"W {code} {time.monotonic() - start}\n".encode())
-            os._exit(0)
-
-
 def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
     """S: the run's namespaces, wall clock and status line; never returns."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -303,7 +285,7 @@ def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(report_r)
-            _init(cfg, fds, report_w)
+            _program(cfg, fds, report_w)
         os.close(report_w)
         for key in list(fds):
             if key not in ("status", "ctl"):
@@ -320,16 +302,15 @@ def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
             msg["cancelled" if ready else "timed_out"] = True
             os.kill(pid, signal.SIGKILL)
             break
-        os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         msg["wall_s"] = time.monotonic() - start
+        msg["returncode"] = os.waitstatus_to_exitcode(status)
+        if usage.ru_utime + usage.ru_stime >= cfg["limits"]["cpu_s"]:
+            msg["timed_out"] = True  # killed at the CPU-time limit
         with os.fdopen(report_r, "rb") as f:
             for line in f.read().decode(errors="replace").splitlines():
-                kind, _, rest = line.partition(" ")
-                if kind == "W":
-                    code, wall = rest.split()
-                    msg["returncode"], msg["wall_s"] = int(code), float(wall)
-                elif kind == "E":
-                    msg["error"] = rest
+                if line.startswith("E "):
+                    msg["error"] = line[2:]
     except OSError as e:
         msg["error"] = str(e)
     os.write(status_fd, json.dumps(msg).encode())
@@ -373,6 +354,10 @@ def main() -> None:
         sock.send(json.dumps({"error": str(e)}).encode())
         return
     sock.send(b'{"ready": true}')
+    # Forked runs share our pages copy-on-write; a collector walking every object would copy
+    # them all, so our objects are frozen out of collection (the program's own are collected).
+    gc.collect()
+    gc.freeze()
     _serve(sock)
 
 
