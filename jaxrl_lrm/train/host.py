@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxrl_lrm import sampling
+from jaxrl_lrm.algorithms import zero_variance_group_frac
 from jaxrl_lrm.data.templates import render_prompt
 from jaxrl_lrm.rewards.dense import char_rewards_to_tokens, is_token_level
 
@@ -148,8 +149,6 @@ def score(text: Text, executor, token_fns: list[RewardFn], rows: list[dict], gro
 
 def reward_metrics(s: Scores, smask_NT: np.ndarray, group: int) -> dict[str, float]:
     """Host metrics of a scored batch."""
-    from jaxrl_lrm.algorithms import zero_variance_group_frac
-
     lengths = smask_NT.sum(axis=1)
     out = {"reward/mean": float(np.mean(s.total_N)), "reward/std": float(np.std(s.total_N)),
            "response_length/mean": float(lengths.mean()),

@@ -19,6 +19,7 @@ from jaxrl_lrm.data import sources
 from jaxrl_lrm.data.iterator import PromptIterator
 from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.rewards.executor import RewardExecutor
+from jaxrl_lrm.rewards.math import extract_answer
 from jaxrl_lrm.train import evaluation, host, setup
 from jaxrl_lrm.train.batch import Prompts
 from jaxrl_lrm.train.dapo import dapo_step
@@ -169,8 +170,6 @@ def correct(s: RLSetup, rows: list[dict], completions: list[str]) -> list[bool]:
 def extract(s: RLSetup, completion: str):
     if s.task is not None:
         return s.task.extract(completion)
-    from jaxrl_lrm.rewards.math import extract_answer
-
     return extract_answer(completion)
 
 

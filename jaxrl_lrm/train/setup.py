@@ -10,9 +10,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxrl_lrm import models
+from jaxrl_lrm import models, sharding
 from jaxrl_lrm.config import Config
 from jaxrl_lrm.data import demo as demo_task
+from jaxrl_lrm.data import tasks
+from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
+from jaxrl_lrm.models.value_model import load_value_model
+from jaxrl_lrm.rewards.shaping import soft_overlong_punishment
+from jaxrl_lrm.rewards.unsupervised import extract_final_answer
 
 DEMO_TASKS = {"addition": demo_task.AdditionTask}
 
@@ -35,9 +40,6 @@ def resolve_task(name: str, args: dict) -> TaskInfo:
         return TaskInfo(generate=task.generate, reward_fn=demo_task.addition_reward,
                         extract=lambda s: demo_task.extract(s, task.digits),
                         sft_examples=task.sft_examples, alphabet=demo_task.ALPHABET)
-    from jaxrl_lrm.data import tasks
-    from jaxrl_lrm.rewards.unsupervised import extract_final_answer
-
     task = tasks.get_task(name)
     task_config = task.config(**args)
     return TaskInfo(generate=lambda n, seed: task.generate(n, seed, task_config),
@@ -50,8 +52,6 @@ DEFAULT_ALPHABET = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 
 
 def build_tokenizer(config: Config, task: TaskInfo | None):
-    from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
-
     if config.model.path is not None:
         return load_tokenizer(config.model.path)
     return CharTokenizer(task.alphabet if task and task.alphabet else DEFAULT_ALPHABET)
@@ -86,8 +86,6 @@ def build_value_params(config: Config, policy: models.Model, mesh, *, backbone=N
     policy's backbone (`backbone`, default `policy.params`) with a fresh zero head."""
     backbone = policy.params if backbone is None else backbone
     if config.algorithm.value_path is not None:
-        from jaxrl_lrm.models.value_model import load_value_model
-
         model = load_value_model(config.algorithm.value_path, mesh=mesh)
         shape = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                  "mlp_dim")
@@ -96,15 +94,11 @@ def build_value_params(config: Config, policy: models.Model, mesh, *, backbone=N
                              "shape differs from the policy's; expected the same backbone")
         return frozen_copy(model.params)
     value = models.with_value_head(policy.replace(params=frozen_copy(backbone)))
-    from jaxrl_lrm import sharding
-
     return sharding.on_mesh(value.params, mesh)
 
 
 def dapo_overlong(prompts, completions, *, max_len: int, cache_len: int, **columns):
     """DAPO's soft overlong punishment on `completion_lengths` (see rewards.shaping)."""
-    from jaxrl_lrm.rewards.shaping import soft_overlong_punishment
-
     return soft_overlong_punishment(max_len=max_len, cache_len=cache_len)(
         prompts, completions, **columns)
 

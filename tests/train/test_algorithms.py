@@ -6,12 +6,15 @@ import math
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_lrm import algorithms
-from jaxrl_lrm.config import ALGORITHMS, load_config
-from jaxrl_lrm.rl import rollout, trainer
+from jaxrl_lrm import algorithms, train
+from jaxrl_lrm.config import ALGORITHMS, AlgorithmSection, load_config
+from jaxrl_lrm.train import dapo
+from jaxrl_lrm.train.host import Scores
 
 ROOT = Path(__file__).resolve().parents[2]
 # rloo's entry changed when its preset became the paper's (k1 KL in the reward, REINFORCE on the
@@ -26,7 +29,7 @@ _GOLDEN_KEYS = ("loss/total", "loss/policy", "grad_norm", "reward/mean", "entrop
 
 def run(tmp_path, *overrides):
     cfg = load_config(ROOT / "configs" / "smoke.yaml", BASE + list(overrides))
-    return trainer.train(cfg, run_dir=tmp_path, quiet=True).history
+    return train.run_rl(cfg, run_dir=tmp_path, quiet=True).history
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -79,27 +82,48 @@ def test_ppo_value_loss_falls(tmp_path):
     assert history[-1]["value/mean"] > 0.3  # values moved from 0 towards the returns
 
 
-def test_dapo_select_mixed_groups_refills_then_pads():
-    def part(rewards):
-        r = np.asarray(rewards, np.float32)
-        n = len(r)
-        return rollout.Rollout(texts=[str(i) for i in range(n)], ids_NP=np.arange(n)[:, None],
-                               mask_NP=np.ones((n, 1)), toks_NT=np.arange(n)[:, None],
-                               smask_NT=np.ones((n, 1)), slogp_NT=np.zeros((n, 1)),
-                               completions=[f"c{x}" for x in r], total=r,
-                               per_fn={"f": r}, rstats={"errors/f": 1.0})
+def test_dapo_keeps_groups_with_mixed_correctness_then_fills():
+    """Groups count as mixed by their task reward (0 < #correct < G), not by shaping terms
+    such as the overlong punishment; too few mixed groups are filled with uniform ones that
+    the update keeps out of every denominator (keep = 0)."""
+    def part(correct, overlong):
+        c, o = np.asarray(correct, np.float32), np.asarray(overlong, np.float32)
+        return Scores(total_N=c + o, dense_NT=None, per_fn={"f": c, dapo.OVERLONG: o},
+                      stats={"errors/f": 1.0}, completions=[f"c{x}" for x in c])
 
-    # groups of 2: round 1 has one mixed group of three, round 2 two more
-    a = part([0, 0, 1, 0, 1, 1])
-    b = part([1, 0, 0, 0, 0, 1])
-    kept, n_mixed = rollout.select_mixed_groups([a, b], 3, 2)
-    assert n_mixed == 3
-    np.testing.assert_array_equal(kept.total, [1, 0, 1, 0, 0, 1])
-    assert kept.rstats["errors/f"] == 2.0
-    # too few mixed groups: the batch is filled with uniform ones to keep its shape
-    kept, n_mixed = rollout.select_mixed_groups([a], 3, 2)
-    assert n_mixed == 1 and kept.total.shape == (6,)
-    np.testing.assert_array_equal(kept.total, [0, 0, 1, 0, 1, 1])
+    weights = {"f": 1.0, dapo.OVERLONG: 1.0}
+    # groups of 2; the overlong term varies inside the first group, correctness does not
+    a = part([0, 0, 1, 0, 1, 1], [-0.5, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(dapo.mixed_groups(a, 2, weights), [False, True, False])
+    b = part([1, 0, 0, 0, 0, 1], [0] * 6)
+    mixed = np.concatenate([dapo.mixed_groups(p, 2, weights) for p in (a, b)])
+    groups, keep = dapo.choose(mixed, 3)
+    np.testing.assert_array_equal(groups, [1, 3, 5])  # in sampling order
+    np.testing.assert_array_equal(keep, [1, 1, 1])
+    # too few mixed groups: uniform ones fill the batch, marked keep = 0
+    groups, keep = dapo.choose(dapo.mixed_groups(a, 2, weights), 3)
+    np.testing.assert_array_equal(groups, [0, 1, 2])
+    np.testing.assert_array_equal(keep, [0, 1, 0])
+
+
+def test_dapo_filler_rows_do_not_dilute_the_update():
+    """A row with keep = 0 contributes nothing: the update equals the one without it."""
+    spec = algorithms.resolve(AlgorithmSection(name="dapo", group_size=2))
+    rng = np.random.default_rng(0)
+    logp = jnp.asarray(rng.normal(size=(4, 3)) * 0.1 - 1.0, jnp.float32)
+    mask = jnp.ones((4, 3))
+    adv = algorithms.advantages(spec, jnp.asarray([1.0, 0.0, 1.0, 1.0]), mask).adv_BT
+    keep = jnp.asarray([1.0, 1.0, 0.0, 0.0])[:, None]
+
+    def loss(lp, m):
+        return algorithms.objective(spec, lp, jnp.zeros_like(lp), old_logp_BT=None,
+                                    ref_logp_BT=None, sampler_logp_BT=lp, adv_BT=adv,
+                                    mask_BT=m, max_len=3)[0]
+
+    g_keep = jax.grad(loss)(logp, mask * keep)
+    g_two = jax.grad(loss)(logp[:2], mask[:2])
+    np.testing.assert_allclose(g_keep[:2], g_two, rtol=1e-6, atol=1e-7)
+    assert float(jnp.abs(g_keep[2:]).max()) == 0.0
 
 
 def test_dapo_dynamic_sampling_stops_at_its_cap(tmp_path):
