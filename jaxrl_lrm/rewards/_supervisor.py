@@ -148,6 +148,11 @@ def _build_root() -> None:
             _mount("tmpfs", site, "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
     for d in ("dev", "etc", "proc", "tmp", "var", ".old"):
         os.mkdir(f"{new}/{d}")
+    if uid != 0:
+        # In a user namespace the kernel lets a run mount its own /proc only while a full proc
+        # mount is visible; each run detaches this one right after mounting its own.
+        os.mkdir(f"{new}/.proc")
+        _mount("/proc", f"{new}/.proc", None, BIND | REC, feature="pid")
     for node in ("null", "zero", "full", "random", "urandom"):
         open(f"{new}/dev/{node}", "w").close()
         _bind_ro(f"/dev/{node}", f"{new}/dev/{node}", dev=True)
@@ -217,6 +222,8 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
         opts = f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777"
         _mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, opts)
         _mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None, feature="pid")
+        if os.path.isdir("/.proc"):
+            _check(libc.umount2(b"/.proc", 2), "pid", "umount2(/.proc)")
         socket.sethostname("sandbox")
         if os.getuid() == 0 and cfg["host_root"]:
             os.setgroups([])
