@@ -27,7 +27,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import select
 import signal
@@ -94,7 +93,7 @@ def _mount(src, dst, fstype, flags, data=None, feature="mount"):
 
 
 def _syscall(name: str, *args) -> int:
-    return libc.syscall(_SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])[name], *args)
+    return libc.syscall(_SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])[name], *args)
 
 
 def _write(path: str, text: str) -> None:

@@ -265,3 +265,22 @@ def test_parse_tests_setup_statements_prefix_each_assert():
 def test_unit_test_reward_length_mismatch():
     with pytest.raises(ValueError, match="tests has 1 entries for 2 completions"):
         unit_test_reward(["p", "p"], [CODE_OK, CODE_OK], [["assert True"]])
+
+
+def test_zygote_restarts_after_dying_and_serves_threads(clean):
+    assert execute("print(1)", timeout_s=2).stdout == "1\n"
+    zygote = sandbox._ZYGOTE[0].proc
+    zygote.kill()
+    zygote.wait()
+    assert execute("print(2)", timeout_s=2).stdout == "2\n"
+    out = {}
+
+    def work(k):
+        out[k] = [execute(f"print({k} * {i})", timeout_s=5).stdout for i in range(4)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == {k: [f"{k * i}\n" for i in range(4)] for k in range(4)}
