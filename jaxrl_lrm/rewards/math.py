@@ -75,15 +75,14 @@ def _store(key: tuple, value: bool) -> None:
 def _judge(response: str, gold: str, gold_raw: str | None, timeout_s: float,
            lenient: bool) -> bool:
     """Fast path on the host, else Math-Verify in the pool."""
-    ans = None
+    ans, multi_box = None, response.count("\\boxed") > 1
     if len(response) <= HOST_MAX_CHARS:
         ans = extract_answer(response)
         short = ans if ans is not None else bare_answer(response)
         if short is not None:
             r = fast_compare(short, gold)
-            if r is not None:
+            if r or (r is False and not multi_box):  # several boxes may be read together
                 return r
-    multi_box = ans is not None and response.count("\\boxed") > 1
     payload = {"resp": response if ans is None or multi_box else None, "ans": ans,
                "gold": gold, "gold_raw": gold_raw, "lenient": lenient and ans is None}
     key = tuple(payload.values())

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from jaxrl_lrm.rewards.math_numeric import values
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE_RE = re.compile(r"[{}]")
 _TOKEN_RE = re.compile(r"[^\s$]+")
@@ -38,6 +40,7 @@ _UNIT_RE = re.compile(
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~|\s+")
 _MAX_NUMBER_CHARS = 40
 EXACT_REL_GAP = 1e-5  # exact numbers this far apart are unequal under any rounding
+SAME_REL_GAP = 1e-10  # expressions this close at every sample point are the same
 
 
 def matching_braces(text: str) -> dict[int, int]:
@@ -141,13 +144,18 @@ def bare_answer(text: str) -> str | None:
     return s
 
 
-def _norm(s: str) -> str:
-    """Light normalisation that never changes the value: delimiters, spacing, `\\dfrac`."""
+def _light(s: str) -> str:
+    """Delimiters, `\\left`/`\\right`, `\\dfrac`, spacing commands as spaces; no value change."""
     s = s.strip().replace("\\$", "").replace("$", "").replace("{,}", ",")
     s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", s)
     s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
-    s = _SPACING_RE.sub("", s)
-    return s[:-1] if s.endswith(".") and not s.endswith("\\.") else s
+    s = _SPACING_RE.sub(" ", s).strip()
+    return s[:-1].rstrip() if s.endswith(".") and not s.endswith("\\.") else s
+
+
+def _norm(s: str) -> str:
+    """`_light` without spaces: the form compared as a string."""
+    return _light(s).replace(" ", "")
 
 
 def _number(s: str) -> tuple[Fraction, bool] | None:
@@ -177,9 +185,10 @@ def choice_letter(s: str) -> str | None:
 def fast_compare(pred: str, gold: str) -> bool | None:
     """True/False when decidable without SymPy, else None (ask Math-Verify).
 
-    True for equal normalised strings and for equal numbers (a trailing `\\text{unit}` on the
-    prediction allowed); False only for a wrong multiple-choice letter or two exact numbers
-    (integers, fractions) that differ by more than `EXACT_REL_GAP` relatively.
+    True for equal normalised strings, equal numbers (a trailing unit on the prediction
+    allowed) and simple expressions with the same value at every sample point
+    (`math_numeric`); False for a wrong multiple-choice letter, two exact numbers (integers,
+    fractions) or two simple expressions that differ by more than `EXACT_REL_GAP` relatively.
     """
     g = _CHOICE_GOLD_RE.fullmatch(gold.strip())
     if g is not None:
@@ -189,15 +198,69 @@ def fast_compare(pred: str, gold: str) -> bool | None:
         return False
     if p == q:
         return True
+    seq = _sequence_compare(_light(pred), _light(gold))
+    if seq is not None:
+        return seq
     if ", " in pred or ", " in gold:  # `32, 349` is a list, not a thousands separator
         return None
     np_, nq = _number(_UNIT_RE.sub("", p) or p), _number(q)
-    if np_ is None or nq is None:
+    if np_ is not None and nq is not None:
+        if np_[0] == nq[0]:
+            return True
+        if np_[1] and nq[1]:
+            scale = max(1, abs(np_[0]), abs(nq[0]))
+            if abs(np_[0] - nq[0]) > EXACT_REL_GAP * scale:
+                return False
         return None
-    if np_[0] == nq[0]:
+    return _numeric_compare(_light(pred), _light(gold))
+
+
+def _split_top(s: str) -> list[str]:
+    """`s` split at commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+    return parts + [s[start:]]
+
+
+def _one_group(s: str) -> bool:
+    """The bracket opening `s` closes at its last character (`(1, 2)`, not `(1, 2), (3, 4)`)."""
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += (ch in "([{") - (ch in ")]}")
+        if depth == 0:
+            return i == len(s) - 1
+    return False
+
+
+def _sequence_compare(p: str, q: str) -> bool | None:
+    """Tuples/intervals `(a, b)`, `[a, b)` with the same brackets: element by element."""
+    if len(p) < 2 or len(q) < 2 or (p[0], p[-1]) != (q[0], q[-1]) or p[0] not in "([":
+        return None
+    if p[-1] not in ")]" or not (_one_group(p) and _one_group(q)):
+        return None
+    xs, ys = _split_top(p[1:-1]), _split_top(q[1:-1])
+    if len(xs) < 2 and len(ys) < 2:
+        return None  # `(5)` is a parenthesised number
+    if len(xs) != len(ys):
+        return False
+    results = [fast_compare(x, y) for x, y in zip(xs, ys)]
+    if False in results:
+        return False
+    return None if None in results else True
+
+
+def _numeric_compare(p: str, q: str) -> bool | None:
+    """Equal/unequal values of two simple expressions at the sample points (`math_numeric`)."""
+    vp, vq = values(p), values(q)
+    if vp is None or vq is None:
+        return None
+    gaps = [abs(a - b) / max(1.0, abs(a), abs(b)) for a, b in zip(vp, vq)]
+    if max(gaps) <= SAME_REL_GAP:
         return True
-    if np_[1] and nq[1]:
-        scale = max(1, abs(np_[0]), abs(nq[0]))
-        if abs(np_[0] - nq[0]) > EXACT_REL_GAP * scale:
-            return False
+    if max(gaps) > EXACT_REL_GAP and vp[0] != vq[0]:
+        return False
     return None

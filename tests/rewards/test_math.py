@@ -117,8 +117,14 @@ def test_fallback_and_gold_forms():
         ("42", "42", True), ("1,000", "1000", True), ("\\dfrac{1}{2}", "0.5", True),
         ("10\\text{ cm}", "10", True), ("18 dollars", "18", True), ("1e3", "1000", True),
         ("41", "42", False), ("\\frac{1}{2}", "\\frac{1}{3}", False), ("(B)", "B", True),
-        ("C", "(B)", False), ("3x", "3", None), ("2i", "2", None), ("0.33", "\\frac13", None),
-        ("32, 349", "32349", None), ("2x+1", "1+2x", None), ("", "1", False),
+        ("C", "(B)", False), ("2i", "2", None), ("0.33", "\\frac13", False),
+        ("32, 349", "32349", None), ("", "1", False),
+        # simple expressions: values at sample points (math_numeric)
+        ("2x+1", "1+2x", True), ("x^2-1", "(x-1)(x+1)", True), ("\\pi r^2", "r^2\\pi", True),
+        ("\\frac{\\sqrt{3}}{2}", "\\frac12\\sqrt3", True), ("x^23", "3x^2", True),
+        ("3x", "3", False), ("3x", "3y", False), ("x^2+1", "(x+1)^2", False), ("3.14", "\\pi", False),
+        ("\\sqrt{x^2}", "x", None), ("3\\frac12", "\\frac72", None), ("e^{i\\pi}", "-1", None),
+        ("\\sin x", "x", None), ("2^{100}", "2^{100}", True), ("2^{100}", "2^{99}", None),
     ],
 )
 def test_fast_path(pred, gold, expected):
