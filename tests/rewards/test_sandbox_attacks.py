@@ -103,16 +103,23 @@ def test_harness_attack_scores_zero(name):
 
 
 def test_io_attack_cannot_find_expected_output():
-    prog = (
-        "import gc, os\n"
-        "seen = ' '.join(o for o in gc.get_objects() if isinstance(o, str))\n"
-        "for root, _, files in os.walk('/'):\n"
-        "    for f in files:\n"
-        "        try: seen += open(os.path.join(root, f), errors='ignore').read(4096)\n"
-        "        except OSError: pass\n"
-        "print(15 if '15' in seen and 'output' in seen else -1)\n"
+    token = uuid.uuid4().hex
+    # Dumps every string in memory and every small file outside /usr and the Python install.
+    snoop = (
+        "import gc, os, sys\n"
+        "seen = [o for o in gc.get_objects() if isinstance(o, str)]\n"
+        "for top in ('/tmp', '/etc', '/dev', '/var', '/proc/1', '/proc/self'):\n"
+        "    for root, dirs, files in os.walk(top):\n"
+        "        dirs[:] = [d for d in dirs if d not in ('task', 'net', 'map_files')]\n"
+        "        for f in files:\n"
+        "            try: seen.append(open(os.path.join(root, f), errors='ignore').read(4096))\n"
+        "            except OSError: pass\n"
+        "print('\\n'.join(seen))\n"
     )
-    assert _score(prog, [IO_CASES[1]], timeout_s=5) == 0.0
+    case = {"input": "7 8\n", "output": token}
+    assert _score(snoop, [case], timeout_s=10) == 0.0
+    r = execute(snoop, stdin=case["input"], timeout_s=10)
+    assert r.status == "ok" and len(r.stdout) > 1000 and token not in r.stdout
 
 
 def test_legitimate_programs_get_full_reward():
