@@ -8,6 +8,7 @@ from typing import Any
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "llama3")
+UNROLL_MAX_LAYERS = 8  # default `scan_unroll`: models this shallow run their layers unrolled
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,6 +40,15 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Layers run as one `lax.scan`; this is its `unroll`: an int (iterations per loop trip),
+    # True (straight-line code) or None for the default, True up to `UNROLL_MAX_LAYERS` layers
+    # (on XLA:CPU a rolled scan's stacked residuals and per-layer cache copies made the
+    # backward ~5x the forward instead of ~3x) and 1 above (compile time flat in depth).
+    scan_unroll: int | bool | None = None
+    # The XLA:CPU formulations of the layer (2-D projection matmuls, GQA as batched matmuls,
+    # KV cache written in place in the scan's carry). False: the plain einsum formulation.
+    # Both give the same numbers to float32 round-off.
+    cpu_kernels: bool = True
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -60,6 +70,29 @@ class ModelConfig:
                 raise ValueError(f"rope_scaling={self.rope_scaling!r}: expected None or "
                                  "('llama3', factor, low_freq_factor, high_freq_factor, "
                                  "original_max_position_embeddings)")
+        if not (self.scan_unroll is None or isinstance(self.scan_unroll, bool)
+                or (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1)):
+            raise ValueError(f"scan_unroll={self.scan_unroll!r}: expected None, a bool or a "
+                             "positive integer")
+        if not isinstance(self.cpu_kernels, bool):
+            raise ValueError(f"cpu_kernels={self.cpu_kernels!r}: expected a bool")
+
+    @property
+    def layer_unroll(self) -> int:
+        """The `unroll` the layer scan runs with (`scan_unroll` resolved, in `[1, n_layers]`)."""
+        if self.scan_unroll is None:
+            return self.n_layers if self.n_layers <= UNROLL_MAX_LAYERS else 1
+        if isinstance(self.scan_unroll, bool):
+            return self.n_layers if self.scan_unroll else 1
+        return min(self.scan_unroll, self.n_layers)
+
+    def param_axes(self, *, value_head: bool = False) -> dict:
+        """Logical axis names of every parameter (see `param_axes`)."""
+        return param_axes(self, value_head=value_head)
+
+    def param_shapes(self, *, value_head: bool = False) -> dict:
+        """Shapes of every parameter (see `param_shapes`)."""
+        return param_shapes(self, value_head=value_head)
 
     @property
     def num_params(self) -> int:
@@ -76,6 +109,54 @@ class ModelConfig:
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
+
+
+def param_axes(config: ModelConfig, *, value_head: bool = False) -> dict:
+    """Logical axis names of every parameter (the tree `transformer.init_params` returns)."""
+    layers = {
+        "attn_norm": ("layers", "norm"),
+        "wq": ("layers", "embed", "heads", "head_dim"),
+        "wk": ("layers", "embed", "kv_heads", "head_dim"),
+        "wv": ("layers", "embed", "kv_heads", "head_dim"),
+        "wo": ("layers", "heads", "head_dim", "embed"),
+        "mlp_norm": ("layers", "norm"),
+        "w_gate": ("layers", "embed", "mlp"),
+        "w_up": ("layers", "embed", "mlp"),
+        "w_down": ("layers", "mlp", "embed"),
+    }
+    if config.qkv_bias:
+        layers |= {"bq": ("layers", "heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
+                   "bv": ("layers", "kv_heads", "head_dim")}
+    if config.qk_norm:
+        layers |= {"q_norm": ("layers", "norm"), "k_norm": ("layers", "norm")}
+    axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
+    if not config.tie_embeddings:
+        axes["lm_head"] = ("embed", "vocab")
+    if value_head:
+        axes["value_head"] = {"w": ("embed",), "b": ()}
+    return axes
+
+
+def param_shapes(config: ModelConfig, *, value_head: bool = False) -> dict:
+    """Shapes of every parameter (same tree structure as `param_axes`)."""
+    c = config
+    L, D, N, K, H, F, V = (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim,
+                           c.mlp_dim, c.vocab_size)
+    layers = {
+        "attn_norm": (L, D), "wq": (L, D, N, H), "wk": (L, D, K, H), "wv": (L, D, K, H),
+        "wo": (L, N, H, D), "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F),
+        "w_down": (L, F, D),
+    }
+    if c.qkv_bias:
+        layers |= {"bq": (L, N, H), "bk": (L, K, H), "bv": (L, K, H)}
+    if c.qk_norm:
+        layers |= {"q_norm": (L, H), "k_norm": (L, H)}
+    shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
+    if not c.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    if value_head:
+        shapes["value_head"] = {"w": (D,), "b": ()}
+    return shapes
 
 
 PRESETS: dict[str, ModelConfig] = {

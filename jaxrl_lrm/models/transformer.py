@@ -1,12 +1,12 @@
 """The decoder-only transformer (Llama 3 / Qwen2 / Qwen3) as pure functions over a params pytree.
 
-Layer parameters are stacked on a leading `layers` axis. Models of up to `UNROLL_MAX_LAYERS`
-layers run them as a Python loop (on XLA:CPU the scan's stacked residuals and
-dynamic-update-slices made the backward ~5x the forward instead of ~3x, and each decode step
-copied every layer's cache); deeper models scan over them, which keeps compile time flat in
-depth. Projections are plain 2-D matmuls over reshaped weights (`_dense`). Shapes are written into names: B batch, T query
-positions, S key positions (cache slots), D d_model, N query heads, K kv heads, G = N // K,
-H head dim, F mlp dim, V vocab, L layers.
+Layer parameters are stacked on a leading `layers` axis and every forward pass (training,
+prefill, decode) runs them through one `lax.scan` (`_run_layers`), unrolled by
+`ModelConfig.scan_unroll`. The XLA:CPU formulations (`ModelConfig.cpu_kernels`: 2-D projection
+matmuls, GQA as batched matmuls, the KV cache written in place) are small functions beside the
+plain einsum ones they replace. Shapes are written into names: B batch, T query positions,
+S key positions (cache slots), D d_model, N query heads, K kv heads, G = N // K, H head dim,
+F mlp dim, V vocab, L layers.
 
 The KV cache is `{"k": [L,B,S,K,H], "v": [L,B,S,K,H]}`; a forward pass with a cache writes its
 T new keys at slots `[cache_index, cache_index + T)` and attends to every slot `s` with
@@ -22,66 +22,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.models.config import (  # noqa: F401  (param_axes/param_shapes re-exported)
+    ModelConfig,
+    param_axes,
+    param_shapes,
+)
 
 Params = dict
-UNROLL_MAX_LAYERS = 8  # shallower models run their layers as a Python loop (see forward_hidden)
 _NEG = -1e30  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
-
-
-def param_axes(config: ModelConfig, *, value_head: bool = False) -> dict:
-    """Logical axis names of every parameter (same tree structure as `init_params`)."""
-    layers = {
-        "attn_norm": ("layers", "norm"),
-        "wq": ("layers", "embed", "heads", "head_dim"),
-        "wk": ("layers", "embed", "kv_heads", "head_dim"),
-        "wv": ("layers", "embed", "kv_heads", "head_dim"),
-        "wo": ("layers", "heads", "head_dim", "embed"),
-        "mlp_norm": ("layers", "norm"),
-        "w_gate": ("layers", "embed", "mlp"),
-        "w_up": ("layers", "embed", "mlp"),
-        "w_down": ("layers", "mlp", "embed"),
-    }
-    if config.qkv_bias:
-        layers |= {"bq": ("layers", "heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
-                   "bv": ("layers", "kv_heads", "head_dim")}
-    if config.qk_norm:
-        layers |= {"q_norm": ("layers", "norm"), "k_norm": ("layers", "norm")}
-    axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
-    if not config.tie_embeddings:
-        axes["lm_head"] = ("embed", "vocab")
-    if value_head:
-        axes["value_head"] = {"w": ("embed",), "b": ()}
-    return axes
-
-
-def param_shapes(config: ModelConfig, *, value_head: bool = False) -> dict:
-    """Shapes of every parameter (same tree structure as `param_axes`)."""
-    c = config
-    L, D, N, K, H, F, V = (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim,
-                           c.mlp_dim, c.vocab_size)
-    layers = {
-        "attn_norm": (L, D), "wq": (L, D, N, H), "wk": (L, D, K, H), "wv": (L, D, K, H),
-        "wo": (L, N, H, D), "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F),
-        "w_down": (L, F, D),
-    }
-    if c.qkv_bias:
-        layers |= {"bq": (L, N, H), "bk": (L, K, H), "bv": (L, K, H)}
-    if c.qk_norm:
-        layers |= {"q_norm": (L, H), "k_norm": (L, H)}
-    shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
-    if not c.tie_embeddings:
-        shapes["lm_head"] = (D, V)
-    if value_head:
-        shapes["value_head"] = {"w": (D,), "b": ()}
-    return shapes
 
 
 def init_params(config: ModelConfig, rng: jax.Array, *, value_head: bool = False,
                 init_std: float = 0.02) -> Params:
     """Random parameters: N(0, init_std) matrices, unit norms, zero biases and value head."""
     shapes = param_shapes(config, value_head=value_head)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda x: isinstance(x, tuple))
     keys = jax.random.split(rng, len(flat))
     dtype = jnp.dtype(config.dtype)
     leaves = []
@@ -131,7 +87,7 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _dense(x, w):
-    """`x[..., D] @ w[D, *out]` as one plain 2-D matmul `[rows, D] @ [D, prod(out)]`.
+    """`x[..., D] @ w[D, *out]` as one plain 2-D matmul `[rows, D] @ [D, prod(out)]` (CPU trick).
 
     Reshaping the (contiguous) weight is free; XLA:CPU runs 2-D dots much better than the
     multi-dimensional einsums they replace, whose weight gradients needed transposes."""
@@ -140,9 +96,17 @@ def _dense(x, w):
     return y.reshape(*x.shape[:-1], *w.shape[1:])
 
 
-def _attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
-    """Grouped-query attention with the G query heads of a KV head stacked along the query
-    axis, so both products are batched matmuls over `[B, K]` with no broadcast of K/V."""
+def _project(config: ModelConfig, x, w, n_in: int = 1):
+    """`x[..., *in] @ w[*in, *out]`, contracting the last `n_in` axes of `x`."""
+    if config.cpu_kernels:
+        lead = x.shape[:x.ndim - n_in]
+        return _dense(x.reshape(*lead, -1), w.reshape(-1, *w.shape[n_in:]))
+    return jnp.tensordot(x, w, axes=n_in)
+
+
+def _attention_cpu(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+    """`_attention` with the G query heads of a KV head stacked along the query axis, so both
+    products are batched matmuls over `[B, K]` with no broadcast of K/V (CPU trick)."""
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
     G = N // K
@@ -158,17 +122,51 @@ def _attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
     return out.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
-def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_cache, v_cache,
-           cache_index, layer=0):
-    """One transformer block. Returns the new residual stream and the updated cache.
+def _attention(config: ModelConfig, q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+    """Grouped-query attention: query head `n` reads KV head `n // G`; float32 softmax."""
+    if config.cpu_kernels:
+        return _attention_cpu(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
+                        preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH).reshape(B, T, N, H)
 
-    `k_cache`/`v_cache` are the whole stacked `[L,B,S,K,H]` caches (or None): only this call's
-    T new keys are written, at `[layer, :, cache_index:cache_index + T]`, in place."""
+
+def _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer):
+    """`_write_cache` on the whole stacked `[L,B,S,K,H]` cache, carried through the layer scan
+    and written at `[layer, :, cache_index:]` in place (CPU trick: no per-layer cache copy)."""
+    at = (layer, 0, cache_index, 0, 0)
+    cache = {n: jax.lax.dynamic_update_slice(cache[n], x[None].astype(cache[n].dtype), at)
+             for n, x in (("k", k_BTKH), ("v", v_BTKH))}
+    k, v = (jax.lax.dynamic_index_in_dim(cache[n], layer, keepdims=False) for n in "kv")
+    return k, v, cache
+
+
+def _write_cache(config: ModelConfig, cache, k_BTKH, v_BTKH, cache_index, layer):
+    """Writes this layer's T new keys and values at slots `[cache_index, cache_index + T)`.
+
+    Returns `(keys_BSKH, values_BSKH, cache)`. `cache` is this layer's `[B,S,K,H]` slice of the
+    stacked cache (the scan's input and output), or with `cpu_kernels` the whole stack."""
+    if config.cpu_kernels:
+        return _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer)
+    cache = {n: jax.lax.dynamic_update_slice_in_dim(cache[n], x.astype(cache[n].dtype),
+                                                    cache_index, axis=1)
+             for n, x in (("k", k_BTKH), ("v", v_BTKH))}
+    return cache["k"], cache["v"], cache
+
+
+def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, cache,
+           cache_index, layer):
+    """One transformer block: `(new residual stream, updated cache or None)`."""
     c = config
     h = rms_norm(x_BTD, lp["attn_norm"], c.norm_eps)
-    q = _dense(h, lp["wq"])
-    k = _dense(h, lp["wk"])
-    v = _dense(h, lp["wv"])
+    q = _project(c, h, lp["wq"])
+    k = _project(c, h, lp["wk"])
+    v = _project(c, h, lp["wv"])
     if c.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     if c.qk_norm:
@@ -176,20 +174,14 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, k_c
         k = rms_norm(k, lp["k_norm"], c.norm_eps)
     q = _apply_rope(q, positions_BT, inv_freq)
     k = _apply_rope(k, positions_BT, inv_freq)
-    if k_cache is not None:
-        at = (layer, 0, cache_index, 0, 0)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), at)
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), at)
-        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
-        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
-    attn = _attention(q, k, v, mask_BTS)
-    B, T = attn.shape[:2]
-    x_BTD = x_BTD + _dense(attn.reshape(B, T, -1), lp["wo"].reshape(-1, c.d_model))
+    if cache is not None:
+        k, v, cache = _write_cache(c, cache, k, v, cache_index, layer)
+    x_BTD = x_BTD + _project(c, _attention(c, q, k, v, mask_BTS), lp["wo"], n_in=2)
     h = rms_norm(x_BTD, lp["mlp_norm"], c.norm_eps)
-    gate = _dense(h, lp["w_gate"])
-    up = _dense(h, lp["w_up"])
-    x_BTD = x_BTD + _dense(jax.nn.silu(gate) * up, lp["w_down"])
-    return x_BTD, k_cache, v_cache
+    gate = _project(c, h, lp["w_gate"])
+    up = _project(c, h, lp["w_up"])
+    x_BTD = x_BTD + _project(c, jax.nn.silu(gate) * up, lp["w_down"])
+    return x_BTD, cache
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
@@ -197,6 +189,27 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dic
     shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _run_layers(params: Params, config: ModelConfig, x_BTD, positions_BT, mask_BTS, cache,
+                cache_index):
+    """The layer loop: one `lax.scan` over the stacked layer params, `config.layer_unroll`
+    iterations per trip. The whole cache rides in the carry when written in place
+    (`cpu_kernels`); otherwise each layer's slice is a scan input and its update an output."""
+    in_place = cache is not None and config.cpu_kernels
+    inv_freq = rope_inv_freq(config)
+
+    def body(carry, xs):
+        x, carried = carry
+        lp, layer, own = xs
+        x, out = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS,
+                        carried if in_place else own, cache_index, layer)
+        return (x, out if in_place else None), None if in_place else out
+
+    init = (x_BTD, cache if in_place else None)
+    xs = (params["layers"], jnp.arange(config.n_layers), None if in_place else cache)
+    (x_BTD, carried), stacked = jax.lax.scan(body, init, xs, unroll=config.layer_unroll)
+    return x_BTD, carried if in_place else stacked
 
 
 def forward_hidden(params: Params, config: ModelConfig, tokens_BT: jax.Array, *,
@@ -224,37 +237,8 @@ def forward_hidden(params: Params, config: ModelConfig, tokens_BT: jax.Array, *,
         positions_BT = jnp.maximum(jnp.cumsum(kv_mask_BS, axis=1) - 1, 0)
     q_slots = cache_index + jnp.arange(T)
     mask_BTS = (jnp.arange(S)[None, :] <= q_slots[:, None])[None] & kv_mask_BS[:, None, :]
-    inv_freq = rope_inv_freq(config)
     x = params["embed"][tokens_BT]
-
-    if cache is None and config.n_layers <= UNROLL_MAX_LAYERS:
-        for i in range(config.n_layers):
-            lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-            x, _, _ = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, None, None, 0)
-        new_cache = None
-    elif cache is None:
-        def body(x, lp):
-            x, _, _ = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, None, None, 0)
-            return x, None
-        x, _ = jax.lax.scan(body, x, params["layers"])
-        new_cache = None
-    elif config.n_layers <= UNROLL_MAX_LAYERS:
-        ck, cv = cache["k"], cache["v"]
-        for i in range(config.n_layers):
-            lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-            x, ck, cv = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, ck, cv,
-                               cache_index, i)
-        new_cache = {"k": ck, "v": cv}
-    else:
-        def body(carry, inputs):
-            x, ck, cv = carry
-            lp, i = inputs
-            x, ck, cv = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS, ck, cv,
-                               cache_index, i)
-            return (x, ck, cv), None
-        (x, ck, cv), _ = jax.lax.scan(body, (x, cache["k"], cache["v"]),
-                                      (params["layers"], jnp.arange(config.n_layers)))
-        new_cache = {"k": ck, "v": cv}
+    x, new_cache = _run_layers(params, config, x, positions_BT, mask_BTS, cache, cache_index)
     return rms_norm(x, params["final_norm"], config.norm_eps), new_cache
 
 

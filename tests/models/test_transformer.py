@@ -16,6 +16,8 @@ CONFIGS = {
     "qwen2-llama3rope": preset("tiny", arch="qwen2", qk_norm=False, qkv_bias=True,
                                tie_embeddings=True,
                                rope_scaling=("llama3", 8.0, 1.0, 4.0, 64)),
+    # The generic formulations (einsums, per-layer cache slices) and a rolled layer scan.
+    "qwen3-generic-rolled": preset("tiny", cpu_kernels=False, scan_unroll=1),
 }
 
 
@@ -117,7 +119,8 @@ def test_config_validation(changes, match):
 
 def leaf_count(config):
     shapes = transformer.param_shapes(config)
-    return sum(math.prod(s) for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return sum(math.prod(s) for s in leaves)
 
 
 def test_num_params():
@@ -140,3 +143,61 @@ def test_unknown_preset():
         preset("gpt-5")
     with pytest.raises(ValueError, match="unknown model preset"):
         models.init("gpt-5")
+
+
+# Each CPU switch against the default: the same numbers to float32 round-off.
+SWITCHES = {
+    "rolled": dict(scan_unroll=1),
+    "unroll-2-of-3": dict(scan_unroll=2),
+    "generic": dict(cpu_kernels=False),
+    "generic-rolled": dict(cpu_kernels=False, scan_unroll=False),
+}
+
+
+def _grad_and_decode(config, params, tokens_BT):
+    """Logits, parameter gradients of a scalar of them, and prefill + one decode step."""
+    B, T = tokens_BT.shape
+    w = jnp.sin(jnp.arange(config.vocab_size, dtype=jnp.float32))
+
+    def loss(p):
+        logits, _ = transformer.forward(p, config, tokens_BT)
+        return jnp.sum(jax.nn.log_softmax(logits) * w), logits
+
+    grads, logits = jax.grad(loss, has_aux=True)(params)
+    pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+    kv = jnp.ones((B, T + 1), bool)
+    cache = transformer.init_cache(config, B, T + 1)
+    _, cache = transformer.forward(params, config, tokens_BT, positions_BT=pos, kv_mask_BS=kv,
+                                   cache=cache, cache_index=0)
+    step, cache = transformer.forward(params, config, tokens_BT[:, :1], positions_BT=pos[:, :1] + T,
+                                      kv_mask_BS=kv, cache=cache, cache_index=T)
+    return logits, grads, step, cache
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_cpu_switches_give_the_default_numbers(switch):
+    base = preset("tiny", n_layers=3, qkv_bias=True)
+    params = jax.jit(lambda k: transformer.init_params(base, k, init_std=0.15))(jax.random.key(0))
+    bk = params["layers"]["bk"]
+    params["layers"]["bk"] = 0.3 * jax.random.normal(jax.random.key(1), bk.shape)
+    tokens = jax.random.randint(jax.random.key(2), (2, 6), 1, base.vocab_size)
+    ref = jax.jit(_grad_and_decode, static_argnums=0)(base, params, tokens)
+    got = jax.jit(_grad_and_decode, static_argnums=0)(base.replace(**SWITCHES[switch]), params,
+                                                      tokens)
+    assert np.abs(np.asarray(ref[0])).max() > 1.0
+    for r, g in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+        scale = float(np.abs(np.asarray(r)).max())
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=0, atol=2e-6 * scale + 1e-7)
+
+
+def test_scan_unroll_default_and_validation():
+    assert preset("tiny").layer_unroll == 2  # shallow: straight-line layers
+    assert preset("qwen3-0.6b").layer_unroll == 1  # deep: a rolled scan
+    assert preset("qwen3-0.6b", scan_unroll=True).layer_unroll == 28
+    assert preset("tiny", scan_unroll=False).layer_unroll == 1
+    assert preset("tiny", scan_unroll=5).layer_unroll == 2
+    for bad in (0, -1, 1.5, "all"):
+        with pytest.raises(ValueError, match="scan_unroll="):
+            preset("tiny", scan_unroll=bad)
+    with pytest.raises(ValueError, match="cpu_kernels="):
+        preset("tiny", cpu_kernels=1)
