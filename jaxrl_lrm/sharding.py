@@ -2,9 +2,11 @@
 table, and placing parameters, caches and batches.
 
 Models name logical axes only (`models.param_axes`); `RULES` maps each logical axis to mesh
-axes. A mesh axis is used for a dimension only when it divides it (a 2-way `tensor` axis on a
-model with one KV head leaves that dimension replicated instead of failing), so the same rules
-serve a 1-CPU test and a pod slice.
+axes. This module knows nothing of the models: it maps trees of logical axes (and shapes) to
+shardings, and `models` calls it, never the other way round. A mesh axis is used for a
+dimension only when it divides it (a 2-way `tensor` axis on a model with one KV head leaves
+that dimension replicated instead of failing), so the same rules serve a 1-CPU test and a pod
+slice.
 """
 
 from __future__ import annotations
@@ -117,12 +119,20 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: dict | None = None
         axes_tree, shapes_tree, is_leaf=_is_axes)
 
 
-def param_shardings(config, mesh: Mesh, *, value_head: bool = False, rules: dict | None = None):
-    """NamedShardings of a model's parameters, from `models.param_axes` and the rules."""
-    from jaxrl_lrm.models import transformer
+def param_shardings(model_config, mesh: Mesh, *, value_head: bool = False,
+                    rules: dict | None = None):
+    """NamedShardings of a model's parameters by the rules.
 
-    axes = transformer.param_axes(config, value_head=value_head)
-    shapes = transformer.param_shapes(config, value_head=value_head)
+    Args:
+      model_config: anything that names its parameters' logical axes and shapes as two
+        matching trees, `param_axes(value_head=...)` and `param_shapes(value_head=...)`
+        (a `models.ModelConfig`).
+      mesh: the device mesh.
+      value_head: include the scalar value head's parameters.
+      rules: a logical-axis table other than `RULES`.
+    """
+    axes = model_config.param_axes(value_head=value_head)
+    shapes = model_config.param_shapes(value_head=value_head)
     return tree_shardings(axes, shapes, mesh, rules)
 
 

@@ -1,6 +1,9 @@
 """Sharding rules on a 2x2x2 mesh of 8 CPU devices: parameter specs checked by hand against
 RULES, sharded forward equal to single device, mesh construction and batch placement."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +47,23 @@ def test_param_specs_follow_rules(mesh):
     wg = odd.params["layers"]["w_gate"]
     assert {s.data.shape for s in wg.addressable_shards} == {(2, 32, 64)}
     assert {s.data.shape for s in odd.params["embed"].addressable_shards} == {(257, 32)}
+
+
+def test_param_shardings_come_from_axis_trees(mesh):
+    # sharding maps the trees a model names (`models.param_axes`, `models.param_shapes`).
+    config = models.preset("tiny")
+    want = sharding.tree_shardings(models.param_axes(config, value_head=True),
+                                   models.param_shapes(config, value_head=True), mesh)
+    got = sharding.param_shardings(config, mesh, value_head=True)
+    assert jax.tree.map(lambda s: s.spec, got) == jax.tree.map(lambda s: s.spec, want)
+
+
+def test_sharding_imports_no_model_code():
+    # One direction only: models place parameters through sharding, sharding never imports them.
+    code = ("import sys, jaxrl_lrm.sharding; "
+            "print(sorted(m for m in sys.modules if m.startswith('jaxrl_lrm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['jaxrl_lrm.sharding']"
 
 
 def test_logical_to_spec_drops_used_and_nondividing_axes(mesh):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_lrm import sharding
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import DTYPES, ModelConfig
 from jaxrl_lrm.models.model import Model
@@ -258,8 +259,6 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str = "float32", mesh=Non
     np_dtype = np.dtype(jnp.dtype(dtype))
     shardings = None
     if mesh is not None:
-        from jaxrl_lrm import sharding
-
         shardings = sharding.param_shardings(config, mesh)
 
     def load_leaf(path_keys, entry, shape):

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrl_lrm import sharding
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig, preset
 
@@ -53,8 +54,6 @@ def _init_fn(config: ModelConfig, value_head: bool, mesh):
     with a mesh, parameters are created already sharded, never whole on one device."""
     shardings = None
     if mesh is not None:
-        from jaxrl_lrm import sharding
-
         shardings = sharding.param_shardings(config, mesh, value_head=value_head)
     return jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head),
                    out_shardings=shardings)

@@ -9,7 +9,7 @@ Hugging Face `*ForCausalLM` checkpoints have no place for a scalar head, so a va
 `models.load_pretrained` never reads `value_head.safetensors` as a backbone shard, and
 `transformers` still loads the directory as a plain causal LM. This is the one format the
 `reward_model` training stage exports, PPO's `algorithm.value_path` reads, and the
-`rewards.model_based` checkpoint factories load.
+`scorers.reward_model` / `scorers.prm` checkpoint factories load.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_lrm import sharding
 from jaxrl_lrm.data.tokenizer import CHAR_TOKENIZER_FILE, load_tokenizer
 from jaxrl_lrm.models.config import DTYPES
 from jaxrl_lrm.models.hf import load_pretrained, save_pretrained
@@ -96,8 +97,6 @@ def load_value_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=No
     model = load_pretrained(path, dtype=dtype, mesh=mesh)
     head = load_value_head(path, model.config.d_model, dtype)
     if mesh is not None:
-        from jaxrl_lrm import sharding
-
         shardings = sharding.param_shardings(model.config, mesh, value_head=True)
         head = jax.device_put(head, shardings["value_head"])
     tokenizer = None
