@@ -27,10 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_lrm import sharding
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig
 
 MIN_BUCKET = 16
+DRAWS = ("inverse_cdf", "categorical")  # how a token is drawn from the truncated softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,36 +83,44 @@ def _truncate(scaled_BV: jax.Array, top_k: int, top_p: float):
 _CDF_BLOCK = 128  # candidates per block of the two-level inverse CDF
 
 
-def _inverse_cdf(key, logits_BC):
+def _inverse_cdf(key, logits_BC, block: int | None = _CDF_BLOCK):
     """One draw per row from softmax(logits_BC) by inverting its CDF with one uniform per row
-    (a quarter of the cost of Gumbel-max, which needs C random numbers per row on CPU).
+    (CPU trick: a quarter of the cost of Gumbel-max, which needs C random numbers per row).
 
-    For a large candidate set the CDF is inverted in two levels: first the block of
-    `_CDF_BLOCK` candidates whose cumulative mass reaches u, then the candidate inside it, so
-    only `C / _CDF_BLOCK + _CDF_BLOCK` prefix sums are formed instead of C (XLA:CPU lowers a
-    long `cumsum` to a log-depth scan that costs ~4x the rest of the draw)."""
+    For a large candidate set the CDF is inverted in two levels: first the block of `block`
+    candidates whose cumulative mass reaches u, then the candidate inside it, so only
+    `C / block + block` prefix sums are formed instead of C (XLA:CPU lowers a long `cumsum`
+    to a log-depth scan that costs ~4x the rest of the draw). `block=None`: one level."""
     probs = jax.nn.softmax(logits_BC, axis=-1)
     B, C = probs.shape
-    if C < 8 * _CDF_BLOCK or C % _CDF_BLOCK:
+    u = 1.0 - jax.random.uniform(key, (B, 1))  # in (0, 1], scaled to the total mass below
+    if block is None or C < 8 * block or C % block:
         cdf = jnp.cumsum(probs, axis=-1)
-        u = (1.0 - jax.random.uniform(key, (B, 1))) * cdf[:, -1:]  # in (0, total]
-        pick = jnp.sum(cdf < u, axis=-1)  # first index whose cdf reaches u
+        pick = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)  # first index whose cdf reaches u
         return jnp.minimum(pick, C - 1)
-    n = C // _CDF_BLOCK
-    blocks = probs.reshape(B, n, _CDF_BLOCK)
+    n = C // block
+    blocks = probs.reshape(B, n, block)
     mass = jnp.sum(blocks, axis=-1)
     cdf = jnp.cumsum(mass, axis=-1)
-    u = (1.0 - jax.random.uniform(key, (B, 1))) * cdf[:, -1:]
+    u = u * cdf[:, -1:]
     blk = jnp.minimum(jnp.sum(cdf < u, axis=-1), n - 1)[:, None]
     start = jnp.take_along_axis(cdf - mass, blk, axis=1)  # mass before the chosen block
-    inner = jnp.take_along_axis(blocks, blk[:, :, None], axis=1)[:, 0]  # [B, _CDF_BLOCK]
+    inner = jnp.take_along_axis(blocks, blk[:, :, None], axis=1)[:, 0]  # [B, block]
     pick = jnp.sum(start + jnp.cumsum(inner, axis=-1) < u, axis=-1)
     # rounding may leave u just past the block's last prefix sum: take its last nonzero id
-    last = _CDF_BLOCK - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
-    return blk[:, 0] * _CDF_BLOCK + jnp.minimum(pick, last)
+    last = block - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
+    return blk[:, 0] * block + jnp.minimum(pick, last)
 
 
-def _choose(logits_BV, key, temperature: float, top_k: int, top_p: float):
+def _draw(key, logits_BC, draw: str):
+    """One candidate index per row, distributed as softmax(logits_BC)."""
+    if draw == "inverse_cdf":
+        return _inverse_cdf(key, logits_BC)
+    return jax.random.categorical(key, logits_BC, axis=-1)
+
+
+def _choose(logits_BV, key, temperature: float, top_k: int, top_p: float,
+            draw: str = "inverse_cdf"):
     """Next token and its log-prob under softmax(logits / temperature) before truncation."""
     if temperature == 0.0:
         tok = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
@@ -118,7 +128,7 @@ def _choose(logits_BV, key, temperature: float, top_k: int, top_p: float):
     else:
         scaled = logits_BV / temperature
         cand, ids = _truncate(scaled, top_k, top_p)
-        pick = _inverse_cdf(key, cand)
+        pick = _draw(key, cand, draw)
         tok = pick if ids is None else jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
         tok = tok.astype(jnp.int32)
     logp = jax.nn.log_softmax(scaled, axis=-1)
@@ -133,10 +143,8 @@ def _constrain(x, mesh, spec_fn):
 
 def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
             max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-            eos_id: int | None, pad_id: int, mesh=None):
+            eos_id: int | None, pad_id: int, mesh=None, draw: str = "inverse_cdf"):
     """`sample_tokens` plus the number of decode forward passes run."""
-    from jaxrl_lrm import sharding  # keeps sharding optional for mesh-free use
-
     B, P = prompt_ids_BP.shape
     T = max_new_tokens
     S = P + T
@@ -160,7 +168,7 @@ def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
 
     def emit(state: _State) -> _State:
         key = jax.random.fold_in(rng, state.step)
-        tok, logp = _choose(state.logits_BV, key, temperature, top_k, top_p)
+        tok, logp = _choose(state.logits_BV, key, temperature, top_k, top_p, draw)
         live = ~state.done_B
         tok = jnp.where(live, tok, pad_id)
         done = state.done_B | (live & (tok == eos_id)) if eos_id is not None else state.done_B
@@ -197,7 +205,8 @@ def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
 def sample_tokens(params, config: ModelConfig, prompt_ids_BP: jax.Array,
                   prompt_mask_BP: jax.Array, rng: jax.Array, *, max_new_tokens: int,
                   temperature: float, top_k: int, top_p: float, eos_id: int | None,
-                  pad_id: int, mesh=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                  pad_id: int, mesh=None,
+                  draw: str = "inverse_cdf") -> tuple[jax.Array, jax.Array, jax.Array]:
     """Samples `max_new_tokens` continuations of left-padded prompts. Pure and jittable (mark
     every keyword argument and `config` static).
 
@@ -215,18 +224,23 @@ def sample_tokens(params, config: ModelConfig, prompt_ids_BP: jax.Array,
       eos_id: id that ends a row, or None for no stop.
       pad_id: written after EOS.
       mesh: when given, the batch and the KV cache are constrained to the rules' shardings.
+      draw: how a token is drawn from the (truncated) softmax: `"inverse_cdf"` inverts its CDF
+        with one uniform per row, in two levels for large vocabularies (fastest on CPU);
+        `"categorical"` is `jax.random.categorical` (Gumbel-max). Same distribution, other
+        tokens for the same key; greedy ignores it.
 
     Returns:
       `(tokens_BT int32, logprobs_BT float32, mask_BT int32)` as in `Generation`.
     """
+    _check_draw(draw)
     out = _sample(params, config, prompt_ids_BP, prompt_mask_BP, rng,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                  top_p=top_p, eos_id=eos_id, pad_id=pad_id, mesh=mesh)
+                  top_p=top_p, eos_id=eos_id, pad_id=pad_id, mesh=mesh, draw=draw)
     return out[:3]
 
 
 _STATIC = ("config", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
-           "mesh")
+           "mesh", "draw")
 _sample_jit = jax.jit(_sample, static_argnames=_STATIC)
 
 
@@ -236,7 +250,8 @@ def bucket_length(n: int, bucket_sizes: Sequence[int] | None = None) -> int:
         return max(MIN_BUCKET, 1 << max(0, (n - 1).bit_length()))
     fits = [b for b in bucket_sizes if b >= n]
     if not fits:
-        raise ValueError(f"prompt length {n} exceeds every bucket in bucket_sizes={list(bucket_sizes)}")
+        raise ValueError(f"prompt length {n} exceeds every bucket in "
+                         f"bucket_sizes={list(bucket_sizes)}")
     return min(fits)
 
 
@@ -260,9 +275,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
 
 def _mesh_of(params) -> Any:
     leaf = jax.tree.leaves(params)[0]
-    sharding = getattr(leaf, "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
+    placed = getattr(leaf, "sharding", None)
+    mesh = getattr(placed, "mesh", None)
     return mesh if mesh is not None and mesh.size > 1 else None
+
+
+def _check_draw(draw) -> None:
+    if draw not in DRAWS:
+        raise ValueError(f"draw={draw!r}: expected one of {DRAWS}")
 
 
 def _check(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p, eos_id,
@@ -288,7 +308,8 @@ def _check(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top
         if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"prompts[{i}]={p!r}: expected a non-empty list of token ids")
         if a.min() < 0 or a.max() >= V:
-            raise ValueError(f"prompts[{i}] holds token id {int(a.min() if a.min() < 0 else a.max())}"
+            bad = int(a.min() if a.min() < 0 else a.max())
+            raise ValueError(f"prompts[{i}] holds token id {bad}"
                              f" outside [0, vocab_size={V})")
         if len(p) + max_new_tokens > config.max_seq_len:
             raise ValueError(f"prompts[{i}] has {len(p)} tokens: with max_new_tokens="
@@ -298,7 +319,8 @@ def _check(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              rng: jax.Array | int | None = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
-             bucket_sizes: Sequence[int] | None = None, mesh=None) -> Generation:
+             bucket_sizes: Sequence[int] | None = None, mesh=None,
+             draw: str = "inverse_cdf") -> Generation:
     """Samples continuations of ragged token-id prompts (see `sample_tokens` for the knobs).
 
     Prompts are left-padded to a bucket length (`bucket_sizes`, default powers of two >= 16,
@@ -312,6 +334,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     """
     config = model.config
     _check(config, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id)
+    _check_draw(draw)
     longest = max(len(p) for p in prompts)
     P = bucket_length(longest, bucket_sizes)
     if bucket_sizes is None:
@@ -334,7 +357,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         model.params, config, jnp.asarray(ids), jnp.asarray(mask), rng,
         max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
         top_p=float(top_p), eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id),
-        mesh=mesh)
+        mesh=mesh, draw=draw)
     tokens, logprobs, out_mask, steps = jax.device_get((tokens, logprobs, out_mask, steps))
     return Generation(tokens=np.asarray(tokens)[:B], logprobs=np.asarray(logprobs)[:B],
                       mask=np.asarray(out_mask)[:B], decode_steps=int(steps))

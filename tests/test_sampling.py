@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,14 +97,15 @@ def _truncated_probs(logits, top_k, top_p):
     return out
 
 
-@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.5), (6, 0.8)])
-def test_top_k_top_p_frequencies(model, top_k, top_p):
+@pytest.mark.parametrize("top_k,top_p,draw", [(5, 1.0, "inverse_cdf"), (0, 0.5, "inverse_cdf"),
+                                               (6, 0.8, "inverse_cdf"), (6, 0.8, "categorical")])
+def test_top_k_top_p_frequencies(model, top_k, top_p, draw):
     # A sharper head than the random init gives, so the truncations change the distribution.
     peaked = model.replace(params={**model.params, "lm_head": model.params["lm_head"] * 15.0})
     prompt = [11, 22, 33]
     N = 8192
     gen = sampling.generate(peaked, [prompt] * N, max_new_tokens=1, temperature=1.0,
-                            top_k=top_k, top_p=top_p, rng=7)
+                            top_k=top_k, top_p=top_p, rng=7, draw=draw)
     logits = np.asarray(models.logits(peaked, np.array([prompt])), np.float64)[0, -1]
     expected = _truncated_probs(logits, top_k, top_p)
     counts = np.bincount(gen.tokens[:, 0], minlength=logits.size)
@@ -119,6 +121,51 @@ def test_top_k_top_p_frequencies(model, top_k, top_p):
     assert np.abs(full - expected).max() > 2 * bound
     # The stored log-prob is of the untruncated softmax.
     np.testing.assert_allclose(gen.logprobs[:, 0], np.log(full)[gen.tokens[:, 0]], atol=1e-4)
+
+
+def test_two_level_inverse_cdf_draws_the_one_level_tokens():
+    # Same uniforms, same tokens: the block-then-inside inversion finds the index the flat CDF
+    # does (the vocabulary is large enough for the two-level path: 8 blocks and more). A row may
+    # only differ where its uniform lies within round-off of a CDF step (none at this seed).
+    B, C = 4096, 2048
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (B, C))
+    logits = logits.at[::7, 1000:].set(-jnp.inf)  # zero-mass tails, as top-k/top-p leave them
+    key = jax.random.key(1)
+    two = np.asarray(jax.jit(sampling._inverse_cdf)(key, logits))
+    one = np.asarray(jax.jit(lambda k, x: sampling._inverse_cdf(k, x, block=None))(key, logits))
+    assert np.all(two[::7] < 1000)
+    differ = np.nonzero(two != one)[0]
+    assert differ.size <= B // 1000
+    u = 1.0 - np.asarray(jax.random.uniform(key, (B, 1)), np.float64)[:, 0]
+    x = np.asarray(logits, np.float64)
+    cdf = np.cumsum(np.exp(x - x.max(-1, keepdims=True)), axis=-1)
+    cdf /= cdf[:, -1:]
+    for b in differ:
+        lo, hi = sorted((one[b], two[b]))
+        assert abs(u[b] - cdf[b, lo]) < 1e-5 and cdf[b, hi - 1] - cdf[b, lo] < 1e-5
+
+
+@pytest.mark.parametrize("draw", sampling.DRAWS)
+def test_draws_follow_the_softmax(draw):
+    # Both draws against the exact probabilities (Hoeffding per category, union bound: fails
+    # with probability < 1e-6), over a vocabulary big enough for the two-level inverse CDF.
+    N, C = 65536, 1024
+    logits_C = np.asarray(2.0 * jax.random.normal(jax.random.key(2), (C,)), np.float64)
+    p = np.exp(logits_C - logits_C.max())
+    p /= p.sum()
+    logits = jnp.broadcast_to(jnp.asarray(logits_C, jnp.float32), (N, C))
+    picks = np.asarray(jax.jit(sampling._draw, static_argnums=2)(jax.random.key(3), logits, draw))
+    bound = math.sqrt(math.log(2 * C / 1e-6) / (2 * N))
+    np.testing.assert_array_less(np.abs(np.bincount(picks, minlength=C) / N - p), bound)
+    assert p.max() > 4 * bound  # the distribution is far from uniform at this bound
+
+
+def test_greedy_ignores_the_draw(model):
+    kw = dict(max_new_tokens=5, temperature=0.0)
+    a = sampling.generate(model, PROMPTS, draw="inverse_cdf", **kw)
+    b = sampling.generate(model, PROMPTS, draw="categorical", **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
 
 
 def test_eos_padding_and_early_stop(model):
@@ -197,6 +244,7 @@ def test_sharded_equals_single_device(model, shape, n_rows):
     (dict(top_p=1.5), "top_p=1.5"),
     (dict(eos_id=256), "eos_id=256"),
     (dict(pad_id=-1), "pad_id=-1"),
+    (dict(draw="gumbel"), "draw='gumbel'"),
 ])
 def test_bad_input_raises(model, kwargs, match):
     args = dict(prompts=[[1, 2]], max_new_tokens=4) | kwargs
