@@ -152,6 +152,28 @@ def test_chunked_gradients_equal_unchunked(hidden_case):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_chunked_lse_kernels_agree(hidden_case):
+    # The two-pass (CPU) and the online reduction: same values and gradients to round-off.
+    hidden, w, tokens = hidden_case
+    rng = np.random.default_rng(3)
+    u, v = rng.normal(size=(2,) + tokens.shape).astype(np.float32)
+
+    def run(kernel):
+        def f(h, e):
+            lp, ent = losses.chunked_token_logprobs(h, e, tokens, chunk_size=4, temperature=0.9,
+                                                    lse_kernel=kernel)
+            return jnp.sum(u * lp) + jnp.sum(v * ent), (lp, ent)
+        return jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))(hidden, w)
+
+    (g2, (lp2, ent2)), (g1, (lp1, ent1)) = run("two_pass"), run("online")
+    np.testing.assert_allclose(lp2, lp1, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ent2, ent1, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g2, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="lse_kernel='three_pass'"):
+        losses.chunked_token_logprobs(hidden, w, tokens, lse_kernel="three_pass")
+
+
 def test_chunked_shape_errors(hidden_case):
     hidden, w, tokens = hidden_case
     with pytest.raises(ValueError, match=r"\[V, D\]"):

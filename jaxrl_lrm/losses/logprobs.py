@@ -70,7 +70,8 @@ def _lse_and_entropy_2pass(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Then `lse = m + log s` and `H = lse - t / s`. `-inf` entries contribute nothing.
     About 2x faster than the one-pass online reduction on XLA:CPU (whose combiner needs two
     `exp` per element), but it reads `x` twice, so when `x` is itself a fused producer (an
-    upcast or a temperature division of full logits) XLA stores it: only for chunks.
+    upcast or a temperature division of full logits) XLA stores it: only for chunks
+    (CPU trick, `chunked_token_logprobs(lse_kernel="two_pass")`).
     """
     m = jnp.max(x, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -88,6 +89,9 @@ def _lse_and_entropy_2pass_fwd(x: jax.Array) -> tuple:
 
 _lse_and_entropy_2pass = jax.custom_vjp(_lse_and_entropy_2pass)
 _lse_and_entropy_2pass.defvjp(_lse_and_entropy_2pass_fwd, _lse_and_entropy_bwd)
+
+
+LSE_KERNELS = {"two_pass": _lse_and_entropy_2pass, "online": _lse_and_entropy}
 
 
 def _gather(logits_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:
@@ -159,6 +163,7 @@ def chunked_token_logprobs(
     chunk_size: int = 1024,
     transposed: bool = False,
     temperature: float = 1.0,
+    lse_kernel: str = "two_pass",
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies straight from the last hidden state, chunked over positions.
 
@@ -168,8 +173,9 @@ def chunked_token_logprobs(
     `lax.map`; each chunk's `[chunk_size, V]` logits are computed in float32 and dropped, and the
     chunk body is rematerialised (`jax.checkpoint`) in the backward pass, so neither the forward
     nor the gradient ever holds a `[B, T, V]` array. Differentiable w.r.t. `hidden` and
-    `out_embedding`. Same idea as verl `actor.use_fused_kernels` / `entropy_from_logits_with_chunking`
-    and TRL `use_liger_loss` (Liger's fused linear cross-entropy).
+    `out_embedding`. Same idea as verl `actor.use_fused_kernels` /
+    `entropy_from_logits_with_chunking` and TRL `use_liger_loss` (Liger's fused linear
+    cross-entropy).
 
     Args:
         hidden: `[B, T, D]` final hidden states; `hidden[b, t]` predicts `tokens[b, t]` (the caller
@@ -180,6 +186,9 @@ def chunked_token_logprobs(
         chunk_size: rows of the flattened `B*T` per chunk (padded up to a multiple).
         transposed: whether `out_embedding` is `[V, D]`.
         temperature: divides the logits; must be > 0.
+        lse_kernel: how each chunk's `logsumexp` and entropy are reduced: `"two_pass"` (row max,
+            then one fused sum; ~2x faster on XLA:CPU) or `"online"` (the one-pass online
+            softmax `token_logprobs` uses). Equal to float32 round-off.
 
     Returns:
         `(logp, entropy)`, both `[B, T]` float32.
@@ -190,6 +199,9 @@ def chunked_token_logprobs(
     _check_temperature(temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if lse_kernel not in LSE_KERNELS:
+        raise ValueError(f"lse_kernel={lse_kernel!r}: expected one of {sorted(LSE_KERNELS)}")
+    lse_and_entropy = LSE_KERNELS[lse_kernel]
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be [B, T, D], got shape {hidden.shape}")
     b, t, d = hidden.shape
@@ -217,7 +229,7 @@ def chunked_token_logprobs(
         )
         if temperature != 1.0:
             logits_CxV = logits_CxV / temperature
-        lse, ent = _lse_and_entropy_2pass(logits_CxV)
+        lse, ent = lse_and_entropy(logits_CxV)
         return _gather(logits_CxV, tok_C) - lse, ent
 
     logp, ent = jax.lax.map(one_chunk, (h, tok))
