@@ -104,18 +104,18 @@ def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array, *,
     return Advantages(losses.whiten(adv, mask), returns)
 
 
-def controller_kl(kl_BT, mask_BT) -> float:
-    """The KL the adaptive controller compares with `kl_target`: per-token mean, as verl.
+def controller_kl(kl_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    """The KL the adaptive controller compares with `spec.kl_target`: a per-token mean, as verl.
 
-    Equation: `mean_b (sum_t m k_t / sum_t m)` over rows with tokens (verl `apply_kl_penalty`:
-    `masked_mean(kld, mask, axis=-1).mean()`). Host-side NumPy.
+    Equation: `mean over rows with tokens of (sum_t m k_t / sum_t m)` (verl `apply_kl_penalty`:
+    `masked_mean(kld, mask, axis=-1).mean()`), `k_t` the k1 estimate. Not the per-sequence sum
+    (`kl/seq_sum`), which is about `T` times larger. Jit-able; 0 for an all-empty batch.
     """
-    k, m = np.asarray(kl_BT, np.float64), np.asarray(mask_BT, np.float64)
-    n = m.sum(axis=1)
-    rows = n > 0
-    if not rows.any():
-        return 0.0
-    return float(np.mean((np.where(m != 0, k, 0.0) * m).sum(axis=1)[rows] / n[rows]))
+    m = jnp.asarray(mask_BT).astype(jnp.float32)
+    per_row = losses.masked_mean(kl_BT, m, axis=1)
+    has = (jnp.sum(m, axis=1) > 0).astype(jnp.float32)
+    return jnp.where(jnp.sum(has) > 0, jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0),
+                     0.0)
 
 
 def zero_variance_group_frac(rewards_B, group_size: int) -> float:

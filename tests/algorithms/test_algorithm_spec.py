@@ -158,7 +158,9 @@ def test_dense_rewards_reach_every_estimator(d):
 def test_controller_kl_is_the_per_token_mean(d):
     m = d["mask"]
     want = np.mean((d["kl"] * m).sum(1) / m.sum(1))
-    assert algorithms.controller_kl(d["kl"], m) == pytest.approx(want, rel=1e-6)
+    assert float(algorithms.controller_kl(d["kl"], m)) == pytest.approx(want, rel=1e-6)
+    assert float(jax.jit(algorithms.controller_kl)(d["kl"], m)) == pytest.approx(want, rel=1e-6)
+    assert float(algorithms.controller_kl(d["kl"], 0 * m)) == 0.0
 
 
 # ------------------------------------------------------------------ objective
