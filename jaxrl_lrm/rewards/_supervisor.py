@@ -21,20 +21,19 @@ Per request (a JSON config plus file descriptors over the SOCK_SEQPACKET socket)
 The zygote exits when its socket closes or its parent changes.
 """
 
+# Only cheap imports: the zygote's start-up is on the first call's critical path (`json` is
+# imported on the first "serve" request; `socket`, `signal` and `re` would pull in `enum`).
+import _socket
 import atexit
 import builtins
 import ctypes
 import gc
-import json
+import marshal
 import os
 import resource
 import select
-import signal
-import socket
 import sys
-import threading
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _wire  # noqa: E402
@@ -52,6 +51,7 @@ NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = (
 RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 0x1000, 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 NOBODY = 65534
+SIGKILL = 9
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "keyctl": 250},
     "aarch64": {"pivot_root": 41, "keyctl": 219},
@@ -185,7 +185,7 @@ def _run_program(src: str, serve: bool) -> int:
     sys.stderr = sys.__stderr__ = open(
         2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
     )
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__file__, main.__builtins__ = "prog.py", builtins
     sys.modules["__main__"], sys.argv = main, ["prog.py"]
     atexit._clear()
@@ -203,9 +203,16 @@ def _run_program(src: str, serve: bool) -> int:
     except BaseException:  # noqa: BLE001 - reported like the interpreter does
         sys.excepthook(*sys.exc_info())
         rc = 1
-    for step in (threading._shutdown, atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
+    threads = sys.modules.get("threading")  # as the interpreter does: join non-daemon threads
+    for step in (
+        getattr(threads, "_shutdown", None),
+        atexit._run_exitfuncs,
+        sys.stdout.flush,
+        sys.stderr.flush,
+    ):
         try:
-            step()
+            if step is not None:
+                step()
         except BaseException:  # noqa: BLE001, S110 - the interpreter ignores these too
             pass
     return rc
@@ -215,7 +222,7 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
     """C, PID 1 of the run: its /tmp and /proc, then the program's identity and limits, then
     the program itself; never returns. When it exits the kernel kills the rest of the run."""
     try:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
         os.close(fds.pop("ctl"))
         os.close(fds.pop("status"))
         opts = f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777"
@@ -223,7 +230,7 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
         _mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None, feature="pid")
         if os.path.isdir("/.proc"):
             _check(libc.umount2(b"/.proc", 2), "pid", "umount2(/.proc)")
-        socket.sethostname("sandbox")
+        _socket.sethostname("sandbox")
         if os.getuid() == 0 and cfg["host_root"]:
             os.setgroups([])
             os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -272,7 +279,7 @@ def _program(cfg: dict, fds: dict, report: int) -> None:
 
 def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
     """S: the run's namespaces, wall clock and status line; never returns."""
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
     if os.getppid() != zygote:
         os._exit(1)
     status_fd, ctl = fds["status"], fds["ctl"]
@@ -306,7 +313,7 @@ def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
             if ctl in ready and os.read(ctl, 1):
                 continue
             msg["cancelled" if ready else "timed_out"] = True
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, SIGKILL)
             break
         _, status, usage = os.wait4(pid, 0)
         msg["wall_s"] = time.monotonic() - start
@@ -319,11 +326,11 @@ def _supervise(cfg: dict, fds: dict, zygote: int) -> None:
                     msg["error"] = line[2:]
     except OSError as e:
         msg["error"] = str(e)
-    os.write(status_fd, json.dumps(msg).encode())
+    os.write(status_fd, marshal.dumps(msg))
     os._exit(0)
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock) -> None:
     parent, me = os.getppid(), os.getpid()
     while True:
         while True:  # reap finished runs
@@ -336,10 +343,14 @@ def _serve(sock: socket.socket) -> None:
             return
         if not select.select([sock], [], [], 1.0)[0]:
             continue
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+        data, anc, _, _ = sock.recvmsg(1 << 16, _socket.CMSG_LEN(8 * 4))
         if not data:
             return
-        cfg = json.loads(data)
+        raw = b"".join(d for lvl, kind, d in anc if (lvl, kind) == (_socket.SOL_SOCKET, 1))
+        fds = [int.from_bytes(raw[i : i + 4], sys.byteorder) for i in range(0, len(raw) - 3, 4)]
+        cfg = marshal.loads(data)
+        if cfg["mode"] == "serve" and "json" not in sys.modules:
+            import json  # noqa: F401 - once, here, so no run pays for it
         named = dict(zip(cfg["fds"], fds))
         if os.fork() == 0:
             sock.close()
@@ -349,17 +360,17 @@ def _serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
+    cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
     _DENY.update(cfg.get("deny", ()))
-    sock = socket.socket(fileno=cfg["fd"])
+    sock = _socket.socket(fileno=cfg["fd"])
     try:
         _build_root()
         if "pidfd" in _DENY or not hasattr(os, "pidfd_open"):
             raise Missing("pidfd", "os.pidfd_open", 38)
     except (OSError, StopIteration) as e:
-        sock.send(json.dumps({"error": str(e)}).encode())
+        sock.send(marshal.dumps({"error": str(e)}))
         return
-    sock.send(b'{"ready": true}')
+    sock.send(marshal.dumps({"ready": True}))
     # Forked runs share our pages copy-on-write; a collector walking every object would copy
     # them all, so our objects are frozen out of collection (the program's own are collected).
     gc.collect()

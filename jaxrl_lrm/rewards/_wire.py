@@ -11,7 +11,6 @@ tuple, set, frozenset, `["d", [[k, v], ...]]` dict, `["r", start, stop, step]` r
 sender's side. Subclasses of the builtin types travel as their base type's value.
 """
 
-import json
 import struct
 
 MAX_MESSAGE = 16 << 20
@@ -98,6 +97,8 @@ def decode(v, ref, iterator, depth=0):
 
 
 def dumps(msg) -> bytes:
+    import json  # here, not at the top: the zygote imports it only when first needed
+
     body = json.dumps(msg, allow_nan=True, separators=(",", ":")).encode()
     if len(body) > MAX_MESSAGE:
         raise WireError("message too large")
@@ -105,6 +106,8 @@ def dumps(msg) -> bytes:
 
 
 def loads(body: bytes):
+    import json
+
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as e:

@@ -12,7 +12,7 @@ isolated, and the kernel features needed: when one is missing `execute` raises
 """
 
 import dataclasses
-import json
+import marshal
 import os
 import select
 import selectors
@@ -73,7 +73,7 @@ def _start_zygote() -> _Zygote:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cfg = {"fd": theirs.fileno(), "deny": list(_DENY)}
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", _SUPERVISOR, json.dumps(cfg)],
+        [sys.executable, "-I", "-S", "-B", _SUPERVISOR, marshal.dumps(cfg).hex()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -85,8 +85,9 @@ def _start_zygote() -> _Zygote:
     theirs.close()
     ours.settimeout(_START_TIMEOUT_S)
     try:
-        msg = json.loads(ours.recv(1 << 16) or b'{"error": "the sandbox zygote exited"}')
-    except (OSError, ValueError) as e:
+        raw = ours.recv(1 << 16)
+        msg = marshal.loads(raw) if raw else {"error": "the sandbox zygote exited"}
+    except (OSError, ValueError, EOFError) as e:
         msg = {"error": f"the sandbox zygote did not start: {e}"}
     ours.settimeout(None)
     if "error" in msg:
@@ -156,7 +157,7 @@ def start_run(
                 "nofile": _NOFILE,
             },
         }
-        payload = [json.dumps(cfg).encode()]
+        payload = [marshal.dumps(cfg)]
         try:
             socket.send_fds(_zygote().sock, payload, list(mine.values()))
         except OSError:  # the zygote died (or was killed): one fresh start
@@ -185,7 +186,7 @@ def read_status(status_r: int, deadline: float) -> dict | None:
             raw += chunk
     finally:
         os.close(status_r)
-    msg = json.loads(raw) if raw else None
+    msg = marshal.loads(raw) if raw else None  # written by the run's trusted supervisor
     if msg is not None and msg["error"]:
         raise SandboxUnavailable(msg["error"])
     return msg
