@@ -24,7 +24,6 @@ import subprocess
 import sys
 
 import jax
-
 import numpy as np
 
 from jaxrl_lrm import sharding

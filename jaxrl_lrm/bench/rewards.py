@@ -1,13 +1,17 @@
 """Reward throughput: `python -m jaxrl_lrm.bench rewards [--quick]`.
 
 Reports `math_per_s_per_core` (sequential `verify` calls per second on a realistic mix of
-distinct answers, one call in flight at a time so at most one core is busy), the adversarial
-rate and the worst wall time of any call against its timeout, and `sandbox_per_s` (small
-programs through `rewards.code.execute`, `None` when that module is missing).
+distinct answers, one call in flight at a time so at most one core is busy), `math_agreement`
+(how often `verify` agrees with plain Math-Verify on the hand-labelled set in
+`tests/fixtures/math_cases.jsonl`, with each one's accuracy against the hand labels), the
+adversarial rate and the worst wall time of any call against its timeout, and `sandbox_per_s`
+(small programs through `rewards.code.execute`, `None` when that module is missing).
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 import random
 import time
 
@@ -15,36 +19,112 @@ from jaxrl_lrm.rewards.math import verify, warmup
 
 
 def _realistic(n: int, rng: random.Random) -> list[tuple[str, str]]:
-    """Distinct (response, gold) pairs shaped like MATH/GSM8K answers, ~70% correct."""
+    """Distinct (response, gold) pairs shaped like MATH/GSM8K answers, ~70% correct.
+
+    Per 20: 10 integers (separators, units), 3 fractions, 2 decimals, 1 tuple, 2 radicals,
+    1 polynomial and 1 set or interval union; a fifth of the sets are written `\\pm k`, which
+    only Math-Verify decides (about 1% of all pairs go to the pool).
+    """
     pairs = []
     for i in range(n):
-        k, right = rng.randrange(1, 10_000), rng.random() < 0.7
+        k = rng.randrange(1, 10_000)
+        v = k if rng.random() < 0.7 else k + 1  # the prediction's value: right or wrong
         kind = i % 20
         if kind < 10:  # integers, sometimes with separators or units
-            gold, pred = str(k), (f"{k:,}" if kind % 3 == 0 else f"{k}\\text{{ cm}}")
+            gold, pred = str(k), (f"{v:,}" if kind % 3 == 0 else f"{v}\\text{{ cm}}")
         elif kind < 13:
-            gold, pred = f"\\frac{{{k}}}{{{k + 1}}}", f"\\dfrac{{{k}}}{{{k + 1}}}"
+            gold, pred = f"\\frac{{{k}}}{{{k + 1}}}", f"\\dfrac{{{v}}}{{{k + 1}}}"
         elif kind < 15:
-            gold, pred = f"{k / 8:.3f}", f"{k / 8:.3f}"
+            gold, pred = f"{k / 8:.3f}", f"{v / 8:.3f}"
         elif kind < 16:
-            gold, pred = f"({k}, {k + 2})", f"\\left( {k}, {k + 2} \\right)"
+            gold, pred = f"({k}, {k + 2})", f"\\left( {v}, {k + 2} \\right)"
         elif kind < 18:
-            gold, pred = f"\\frac{{\\sqrt{{{k}}}}}{{2}}", f"\\frac{{1}}{{2}}\\sqrt{{{k}}}"
+            gold, pred = f"\\frac{{\\sqrt{{{k}}}}}{{2}}", f"\\frac{{1}}{{2}}\\sqrt{{{v}}}"
+        elif kind < 19:
+            gold, pred = f"{k}x + 1", f"1 + {v}x"
+        elif i % 40 < 20:
+            gold = f"\\{{{k}, -{k}\\}}"
+            pred = f"\\{{-{v}, {v}\\}}" if rng.random() < 0.8 else f"\\pm {v}"
         else:
-            gold, pred = f"{k}x + 1", f"1 + {k}x"
-        if not right:
-            pred = pred.replace(str(k), str(k + 1), 1)
+            gold, pred = f"(-\\infty, {k}) \\cup ({k}, \\infty)", f"({v}, \\infty) \\cup (-\\infty, {v})"
         pairs.append((f"We compute step by step... so the answer is $\\boxed{{{pred}}}$.", gold))
     return pairs
 
 
 ADVERSARIAL = [
+    "\\boxed{" * 3_000,
+    "\\boxed{" * 6_000,
+    "\\boxed{(x+1)^{100000}}",
     "\\boxed{9^{9^{9^9}}}",
     "\\boxed{100000!}",
     "\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}",
     "z" * 2_000_000 + "\\boxed{1}",
     "\\boxed{(x+y+z+w)^{40}}",
 ]
+CASES = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "math_cases.jsonl"
+
+
+def _plain_math_verify(response: str, gold: str) -> bool:
+    """Math-Verify on its own (its default extraction and signal timeouts, main thread)."""
+    import math_verify as mv
+
+    if not any(d in gold for d in ("$", "\\boxed", "\\(", "\\[")):
+        gold = gold.split("####")[-1].strip() if "####" in gold else gold
+        gold = f"${gold}$"
+    try:
+        return bool(mv.verify(mv.parse(gold), mv.parse(response)))
+    except Exception:  # noqa: BLE001 - Math-Verify may raise on odd input
+        return False
+
+
+def _math_agreement() -> dict:
+    """`verify` and plain Math-Verify on the hand-labelled set: agreement and accuracies."""
+    if not CASES.exists():
+        return {"math_agreement": None}
+    rows = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
+    ours = [verify(r["response"], r["gold"], timeout_s=5.0) for r in rows]
+    lenient = [verify(r["response"], r["gold"], timeout_s=5.0, lenient=True) for r in rows]
+    try:
+        ref = [_plain_math_verify(r["response"], r["gold"]) for r in rows]
+    except ImportError:
+        ref = None
+    n = len(rows)
+    frac = lambda xs, ys: round(sum(x == y for x, y in zip(xs, ys)) / n, 4)
+    return {
+        "math_agreement": None if ref is None else frac(ours, ref),
+        "math_label_accuracy": frac(ours, [r["label"] for r in rows]),
+        "math_label_accuracy_lenient": frac(lenient, [r["label_lenient"] for r in rows]),
+        "math_verify_label_accuracy": None if ref is None else frac(ref, [r["label"] for r in rows]),
+        "math_cases": n,
+    }
+
+
+def _math(quick: bool) -> dict:
+    """The math half of the summary: throughput, agreement, adversarial wall times."""
+    rng = random.Random(0)
+    n = 400 if quick else 4000
+    warmup()
+    pairs = _realistic(n, rng)
+    start = time.perf_counter()
+    correct = sum(verify(r, g) for r, g in pairs)
+    math_rate = n / (time.perf_counter() - start)
+    agreement = _math_agreement()
+
+    timeout, worst, adv = 2.0, 0.0, ADVERSARIAL * (1 if quick else 3)
+    start = time.perf_counter()
+    for r in adv:
+        t = time.perf_counter()
+        verify(r, "\\frac{(2x+2y+2z+2w)^{40}}{2^{40}} + 1", timeout_s=timeout)
+        worst = max(worst, time.perf_counter() - t)
+    adv_rate = len(adv) / (time.perf_counter() - start)
+    return {
+        "math_per_s_per_core": round(math_rate, 1),
+        "math_true_fraction": round(correct / n, 3),
+        **agreement,
+        "adversarial_per_s": round(adv_rate, 2),
+        "adversarial_max_wall_s": round(worst, 3),
+        "adversarial_timeout_s": timeout,
+    }
 
 
 def _sandbox_rate(n: int) -> float | None:
@@ -60,32 +140,14 @@ def _sandbox_rate(n: int) -> float | None:
 
 def run(quick: bool, extra_args: list[str] | None = None) -> dict:
     """Runs the benchmark; returns `{"summary": {...}, ...}` and prints a small table."""
-    rng = random.Random(0)
-    n = 400 if quick else 4000
-    warmup()
-    time.sleep(2.0)  # workers import SymPy
-    pairs = _realistic(n, rng)
-    start = time.perf_counter()
-    correct = sum(verify(r, g) for r, g in pairs)
-    math_rate = n / (time.perf_counter() - start)
-
-    timeout, worst, adv = 1.0, 0.0, ADVERSARIAL * (1 if quick else 3)
-    start = time.perf_counter()
-    for r in adv:
-        t = time.perf_counter()
-        verify(r, "\\frac{(2x+2y+2z+2w)^{40}}{2^{40}}", timeout_s=timeout)
-        worst = max(worst, time.perf_counter() - t)
-    adv_rate = len(adv) / (time.perf_counter() - start)
+    math = _math(quick)
     sandbox = _sandbox_rate(5 if quick else 20)
     summary = {
-        "math_per_s_per_core": round(math_rate, 1),
-        "math_true_fraction": round(correct / n, 3),
-        "adversarial_per_s": round(adv_rate, 2),
-        "adversarial_max_wall_s": round(worst, 3),
-        "adversarial_timeout_s": timeout,
+        **math,
         "sandbox_per_s": None if sandbox is None else round(sandbox, 2),
     }
     print(f"{'metric':<28}{'value':>12}")
     for k, v in summary.items():
         print(f"{k:<28}{v!s:>12}")
-    return {"summary": summary, "n_realistic": n, "n_adversarial": len(adv)}
+    return {"summary": summary, "n_realistic": 400 if quick else 4000,
+            "n_adversarial": len(ADVERSARIAL) * (1 if quick else 3)}

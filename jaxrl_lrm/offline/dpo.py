@@ -13,8 +13,6 @@ the higher implicit reward, and the margin is their difference.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 

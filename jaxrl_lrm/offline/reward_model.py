@@ -101,7 +101,10 @@ def build_reward_model(config: Config, mesh):
 
 def score(model: models.Model, prompts: list[str], completions: list[str], *, prompt_len: int,
           completion_len: int, tokenizer=None, render=lambda s: s) -> np.ndarray:
-    """Host helper: `[N]` rewards of (prompt, completion) texts under a reward model."""
+    """Host helper: `[N]` rewards of (prompt, completion) texts under a reward model, in the
+    training stage's layout (`encode_pairs`: left-padded prompt, completion + EOS). It compiles
+    its forward on each call; for repeated scoring inside RL use
+    `scorers.RewardModelScorer`, which compiles once per scorer."""
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise ValueError("tokenizer=None and model.tokenizer is None: pass the tokenizer")
@@ -109,7 +112,5 @@ def score(model: models.Model, prompts: list[str], completions: list[str], *, pr
         raise ValueError(f"len(prompts)={len(prompts)} != len(completions)={len(completions)}")
     enc = encode_pairs(list(zip(prompts, completions)), tokenizer, prompt_len,
                            completion_len, render)
-    return np.asarray(_score_jit(model.params, enc["tokens_BL"], enc["attn_BL"], model.config))
-
-
-_score_jit = jax.jit(lambda p, t, a, c: sequence_rewards(p, c, t, a), static_argnums=3)
+    forward = jax.jit(lambda p, t, a: sequence_rewards(p, model.config, t, a))
+    return np.asarray(forward(model.params, enc["tokens_BL"], enc["attn_BL"]))

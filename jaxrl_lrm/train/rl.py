@@ -14,7 +14,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import jax
 import numpy as np
 
 from jaxrl_lrm import sharding

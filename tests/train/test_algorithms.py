@@ -19,7 +19,11 @@ from jaxrl_lrm.train.host import Scores
 ROOT = Path(__file__).resolve().parents[2]
 # rloo's entry changed when its preset became the paper's (k1 KL in the reward, REINFORCE on the
 # sequence: agg seq-mean-token-sum instead of token-mean, so loss and gradient scale with the
-# completion length); cispo and reinforce_pp_baseline are new. The others are unchanged.
+# completion length); cispo and reinforce_pp_baseline are new. Two more changed with the RL-core
+# rebuild: dapo (dynamic sampling keeps groups by task-reward correctness, 0 < #correct < G, not
+# by total reward with the overlong term; filler groups leave every denominator) and ppo
+# (`grad_norm` is now the policy's; the value model's is `value/grad_norm`, where before it
+# overwrote the policy's). The others are unchanged.
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "algorithms_step1.json"
 BASE = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.eval_every=0",
         "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]", "train.lr=0.003"]

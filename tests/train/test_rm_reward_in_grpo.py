@@ -10,15 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_lrm import models, sharding
+from jaxrl_lrm import models, sharding, train
 from jaxrl_lrm.config import load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.value_model import VALUE_HEAD_FILE, load_value_model, save_value_model
+from jaxrl_lrm.offline import reward_model
 from jaxrl_lrm.rewards import executor as executor_mod
 from jaxrl_lrm.rewards.model_based import RewardModelScorer
-from jaxrl_lrm import train
-from jaxrl_lrm.offline import reward_model
 from jaxrl_lrm.train import rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]

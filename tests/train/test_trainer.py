@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_lrm import checkpoint
+from jaxrl_lrm import checkpoint, train
 from jaxrl_lrm.config import load_config
-from jaxrl_lrm import train
 from jaxrl_lrm.train import update
 from jaxrl_lrm.train.logging import read_metrics
 
@@ -157,3 +156,22 @@ def test_nonfinite_state_is_never_checkpointed(tmp_path):
     with pytest.raises(train.TrainingDivergedError, match="non-finite.*step 1"):
         train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dapo"])
+def test_micro_batches_never_change_the_update(tmp_path, algo):
+    """`train.micro_batches` splits the rows, sums the micro-batch shares of the whole-batch
+    loss and their gradients: the step's loss, gradient norm and parameters are those of one
+    micro-batch (token-mean DAPO included, where averaging per-micro-batch means would not
+    be)."""
+    over = ["train.steps=1", "train.eval_every=0", f"algorithm.name={algo}",
+            "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]"]
+    if algo == "dapo":
+        over += ["algorithm.max_gen_rounds=1"]
+    one = train.run_rl(smoke(*over), run_dir=tmp_path / "one", quiet=True)
+    four = train.run_rl(smoke(*over, "train.micro_batches=4"), run_dir=tmp_path / "four",
+                        quiet=True)
+    for k in ("loss/total", "loss/policy", "grad_norm", "entropy/mean"):
+        assert four.history[0][k] == pytest.approx(one.history[0][k], rel=1e-5, abs=1e-7), k
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
