@@ -50,6 +50,18 @@ def _clip_bounds(clip_low: float, clip_high: float | None) -> tuple[float, float
     return 1.0 - clip_low, 1.0 + clip_high
 
 
+def _ratio(logp: jax.Array, m: jax.Array, log_ratio: jax.Array, level: str) -> jax.Array:
+    """Token ratio `exp(clamp(logp - old))`, or GSPO's `s_b` carrying the token's gradient."""
+    if level == "token":
+        return jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    seq_log_ratio = safe_div(jnp.sum(log_ratio, axis=1), jnp.sum(m, axis=1))
+    safe_logp = jnp.where(m != 0, logp, 0.0)
+    # value log s_b, gradient d logp; clamping the sum zeroes the gradient beyond +-20
+    combined = safe_logp - jax.lax.stop_gradient(safe_logp) + jax.lax.stop_gradient(
+        seq_log_ratio)[:, None]
+    return jnp.exp(jnp.clip(combined, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
 def policy_loss(
     logp: jax.Array,
     old_logp: jax.Array,
@@ -112,15 +124,7 @@ def policy_loss(
     lo, hi = _clip_bounds(clip_low, clip_high)
     logp, old_logp, m, log_ratio = _inputs(logp, old_logp, mask)
     adv = _advantages_2d(advantages, logp.shape)
-    if ratio == "token":
-        r = jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    else:
-        seq_log_ratio = safe_div(jnp.sum(log_ratio, axis=1), jnp.sum(m, axis=1))
-        safe_logp = jnp.where(m != 0, logp, 0.0)
-        # value log s_b, gradient d logp; clamping the sum zeroes the gradient beyond +-20
-        combined = safe_logp - jax.lax.stop_gradient(safe_logp) + jax.lax.stop_gradient(
-            seq_log_ratio)[:, None]
-        r = jnp.exp(jnp.clip(combined, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    r = _ratio(logp, m, log_ratio, ratio)
     unclipped = -adv * r
     clipped = -adv * jnp.clip(r, lo, hi)
     per_token = jnp.maximum(unclipped, clipped)
