@@ -171,6 +171,7 @@ class Checkpointer:
                  read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.read_only = read_only
+        self._saving: int | None = None  # the step whose save may still be running
         if not read_only:
             _check_writable(self.directory)
         self.manager = ocp.CheckpointManager(
@@ -193,11 +194,15 @@ class Checkpointer:
 
         Raises:
           NonFiniteStateError: a floating-point leaf of `state` holds NaN or inf.
-          CheckpointError: the directory cannot be written.
+          CheckpointError: the directory cannot be written, or the previous save failed.
         """
         if self.read_only:
             raise CheckpointError(f"checkpoints in {str(self.directory)!r} were opened "
                                   "read-only; cannot save")
+        self._settle()
+        # orbax creates the step directory in its background thread, where a failure is only
+        # logged (and waited on for minutes): probe here so it is an error at once
+        _check_writable(self.directory)
         summary = _summaries(state)
         bad = [name for name, (finite, *_) in summary.items() if not finite]
         if bad:
@@ -214,10 +219,13 @@ class Checkpointer:
                                   meta=ocp.args.JsonSave(meta),
                                   **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)})
         try:
-            return self.manager.save(step, args=args, force=force)
+            saved = self.manager.save(step, args=args, force=force)
         except OSError as e:
             raise CheckpointError(f"could not write checkpoint step {step} in "
                                   f"{str(self.directory)!r}: {e}") from e
+        if saved:
+            self._saving = int(step)
+        return saved
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restores `(state, meta, step)`, verified against the step's checksums.
@@ -279,9 +287,9 @@ class Checkpointer:
             if name not in leaves:
                 raise _Damaged(f"leaf {name} is not in the checksum manifest")
             entry = leaves[name]
-            if list(x.shape) != list(entry["shape"]):
+            if list(np.shape(x)) != list(entry["shape"]):
                 raise _Damaged(f"leaf {name} has shape {tuple(entry['shape'])} in the "
-                               f"checkpoint, the target wants {tuple(x.shape)}")
+                               f"checkpoint, the target wants {tuple(np.shape(x))}")
             sharding = getattr(x, "sharding", None)
             abstract.append(jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]),
                                                  sharding=sharding) if sharding else x)
@@ -301,7 +309,7 @@ class Checkpointer:
             raise _Damaged("checksum mismatch in meta")
         # cast to the target's dtypes where they differ from the saved ones
         state_flat = jax.tree.leaves(state)
-        state_flat = [y.astype(x.dtype) if y.dtype != x.dtype else y
+        state_flat = [y.astype(x.dtype) if hasattr(x, "dtype") and y.dtype != x.dtype else y
                       for (_, x), y in zip(flat, state_flat)]
         return jax.tree.unflatten(treedef, state_flat), meta
 
@@ -330,12 +338,34 @@ class Checkpointer:
             multihost_utils.sync_global_devices("jaxrl_lrm.checkpoint.set_aside")
         self.manager.reload()
 
+    def _settle(self) -> None:
+        """Waits for the running save; raises if it did not commit its step (orbax only logs
+        errors of its background write)."""
+        step, self._saving = self._saving, None
+        try:
+            self.manager.wait_until_finished()
+            error = None
+        except Exception as e:
+            error = e
+        if error is None and (step is None or (self.directory / str(step)).is_dir()):
+            return
+        self.manager.reload()
+        why = _brief(error) if error is not None else "see the errors logged above"
+        raise CheckpointError(
+            f"saving checkpoint step {step} in {str(self.directory)!r} failed ({why}); the "
+            f"newest complete one is step {self.latest_step()}") from error
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the running save. Raises `CheckpointError` if it failed."""
+        self._settle()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the running save and releases orbax's threads. Raises `CheckpointError`
+        (after releasing them) if that save failed."""
+        try:
+            self._settle()
+        finally:
+            self.manager.close()
 
 
 class _Damaged(Exception):

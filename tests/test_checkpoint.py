@@ -270,6 +270,37 @@ def test_read_only_directory_fails_at_once(tmp_path, monkeypatch):
         assert time.monotonic() - t0 < 10
 
 
+def test_directory_made_read_only_after_construction_fails_the_save(tmp_path):
+    d = tmp_path / "checkpoints"
+    ckpt = Checkpointer(d)
+    with read_only_dir(d) as mounted:
+        if not mounted:
+            pytest.skip("needs a read-only bind mount")
+        with pytest.raises(CheckpointError, match="not writable.*Read-only file system"):
+            ckpt.save(1, make_state(1), {"step": 1})
+    ckpt.close()
+
+
+def test_failed_background_save_is_an_error(tmp_path, monkeypatch):
+    """A write that fails in orbax's background thread (it only logs it) surfaces at the next
+    `wait` / `save` / `close`, and the failed step is not listed."""
+    d = tmp_path / "checkpoints"
+    ckpt = Checkpointer(d)
+    ckpt.save(1, make_state(1), {"step": 1})
+    ckpt.wait()
+    monkeypatch.setattr(checkpoint, "_check_writable", lambda directory: None)
+    with read_only_dir(d) as mounted:
+        if not mounted:
+            pytest.skip("needs a read-only bind mount")
+        t0 = time.monotonic()
+        ckpt.save(2, make_state(2), {"step": 2})
+        with pytest.raises(CheckpointError, match="saving checkpoint step 2 .* failed.*step 1"):
+            ckpt.wait()
+        assert time.monotonic() - t0 < 120
+    assert ckpt.all_steps() == [1]
+    ckpt.close()
+
+
 @pytest.mark.slow
 def test_trainer_exits_with_the_error_on_a_read_only_checkpoints_dir(tmp_path):
     """The CLI run ends (exit 2) with the message instead of hanging."""
