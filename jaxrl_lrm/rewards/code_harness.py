@@ -196,14 +196,17 @@ def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -
             env[node.id] = _Remote(chan, ["n", node.id])
     env.update(_jaxrl_check=_check, _jaxrl_same=_same)
     try:
-        exec(compiled, env)
-        passed = True
-    except Exception:  # noqa: BLE001 - any failure of the test, or of the program, fails it
-        if chan.interrupt is not None:
-            raise chan.interrupt from None  # e.g. the reward executor's SIGALRM: not a verdict
-        passed = False
+        try:
+            exec(compiled, env)
+            passed = True
+        except Exception:  # noqa: BLE001 - any failure of the test, or of the program, fails it
+            if chan.interrupt is not None:
+                raise chan.interrupt from None  # e.g. the reward executor's SIGALRM: no verdict
+            passed = False
+        finally:
+            ours.close()
+            os.close(ctl_w)  # kills the run now
+        sandbox.read_status(status_r, time.monotonic() + 10.0)  # raises if it could not start
     finally:
-        ours.close()
-        os.close(ctl_w)  # kills the run now
-    sandbox.read_status(status_r, time.monotonic() + 10.0)
+        os.close(status_r)
     return passed

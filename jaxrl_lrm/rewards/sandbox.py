@@ -173,19 +173,20 @@ def start_run(
 
 
 def read_status(status_r: int, deadline: float) -> dict | None:
-    """The run's status line (closing `status_r`), or None if it did not come by `deadline`."""
+    """The run's status line from `status_r`, or None if it did not come by `deadline`.
+
+    Raises:
+      SandboxUnavailable: if the run could not be set up (the message names the feature).
+    """
     raw = bytearray()
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([status_r], [], [], left)[0]:
-                return None
-            chunk = os.read(status_r, 1 << 16)
-            if not chunk:
-                break
-            raw += chunk
-    finally:
-        os.close(status_r)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([status_r], [], [], left)[0]:
+            return None
+        chunk = os.read(status_r, 1 << 16)
+        if not chunk:
+            break
+        raw += chunk
     msg = marshal.loads(raw) if raw else None  # written by the run's trusted supervisor
     if msg is not None and msg["error"]:
         raise SandboxUnavailable(msg["error"])
@@ -193,7 +194,11 @@ def read_status(status_r: int, deadline: float) -> dict | None:
 
 
 def _drain(fds: dict[str, int], stdin: bytes, deadline: float) -> tuple[bytes, bytes]:
-    """Feeds stdin and reads both output pipes until EOF or `deadline`, keeping the first bytes."""
+    """Feeds stdin and reads both output pipes until EOF or `deadline`, keeping the first bytes.
+
+    Closes stdin once it is written (the program then sees EOF) and marks it -1 in `fds`; the
+    caller closes the rest.
+    """
     sel = selectors.DefaultSelector()
     out, err, in_fd = fds["stdout"], fds["stderr"], fds["stdin"]
     kept = {out: bytearray(), err: bytearray()}
@@ -206,33 +211,33 @@ def _drain(fds: dict[str, int], stdin: bytes, deadline: float) -> tuple[bytes, b
         sel.register(in_fd, selectors.EVENT_WRITE)
     else:
         os.close(in_fd)
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        for key, _ in sel.select(timeout=min(left, 0.5)):
-            fd = key.fd
-            if fd == in_fd:
-                try:
-                    pending = pending[os.write(fd, pending[:65536]) :]
-                except BlockingIOError:
+        fds["stdin"] = -1
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                fd = key.fd
+                if fd == in_fd:
+                    try:
+                        pending = pending[os.write(fd, pending[:65536]) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the program closed stdin
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(fd)
+                        os.close(fd)
+                        fds["stdin"] = -1
                     continue
-                except OSError:  # the program closed stdin
-                    pending = pending[:0]
-                if not pending:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
                     sel.unregister(fd)
-                    os.close(fd)
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                sel.unregister(fd)
-            elif len(kept[fd]) < _OUTPUT_CAP:
-                kept[fd] += chunk[: _OUTPUT_CAP - len(kept[fd])]
-    if in_fd in sel.get_map():
-        os.close(in_fd)
-    sel.close()
-    os.close(out)
-    os.close(err)
+                elif len(kept[fd]) < _OUTPUT_CAP:
+                    kept[fd] += chunk[: _OUTPUT_CAP - len(kept[fd])]
+    finally:
+        sel.close()
     return bytes(kept[out]), bytes(kept[err])
 
 
@@ -277,15 +282,14 @@ def execute(
         raise
     # The supervisor enforces the limit; this backstop only catches one that hangs.
     deadline = time.monotonic() + timeout_s + 5.0
+    ours = {"stdin": in_w, "stdout": out_r, "stderr": err_r, "status": status_r, "ctl": ctl_w}
     try:
-        out, err = _drain(
-            {"stdin": in_w, "stdout": out_r, "stderr": err_r},
-            stdin.encode("utf-8", "replace"),
-            deadline,
-        )
+        out, err = _drain(ours, stdin.encode("utf-8", "replace"), deadline)
         msg = read_status(status_r, deadline)
     finally:
-        os.close(ctl_w)
+        for fd in ours.values():  # closing ctl_w kills whatever is left of the run
+            if fd >= 0:
+                os.close(fd)
     if msg is None:
         return ExecResult(status="timeout", returncode=-9, stdout="", stderr="", wall_s=0.0)
     stdout = out.decode("utf-8", "replace")

@@ -1,6 +1,7 @@
 """Sandbox attack suite and unit-test reward, checked against hand-computed outcomes."""
 
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -284,3 +285,28 @@ def test_zygote_restarts_after_dying_and_serves_threads(clean):
     for t in threads:
         t.join()
     assert out == {k: [f"{k * i}\n" for i in range(4)] for k in range(4)}
+
+
+def test_no_descriptor_leaks(clean):
+    execute("print(1)", timeout_s=2)
+    before = len(os.listdir("/proc/self/fd"))
+    for prog in ("print(1)", "import sys; sys.exit(2)", "while True: pass"):
+        execute(prog, stdin="x" * 100_000, timeout_s=0.5)
+    unit_test_reward(["p"] * 2, [CODE_OK, CODE_HALF], [["assert add(1, 2) == 3"]] * 2)
+
+    def alarm(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    try:
+        for call in (
+            lambda: execute("while True: pass", timeout_s=10),
+            lambda: unit_test_reward(["p"], ["```\nwhile True: pass\n```"], [["assert f()"]]),
+        ):
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(KeyboardInterrupt):
+                call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(os.listdir("/proc/self/fd")) == before
