@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_lrm import checkpoint
 from jaxrl_lrm.checkpoint import Checkpointer, CheckpointError, NonFiniteStateError
-from jaxrl_lrm.rl.logging import MetricsLogger, read_metrics
+from jaxrl_lrm.train.logging import MetricsLogger, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -74,30 +74,48 @@ class WideCharTokenizer:
         return self.base.decode(wrapped, skip_special_tokens)
 
 
-def make_config(*, preset: str = "bench-cpu", prompts: int = 4, group: int = 8,
-                new_tokens: int = 128, vocab_size: int = 8192, beta: float = 0.04,
-                ref_dtype: str | None = None, prompt_len: int = 16) -> Config:
+def make_config(
+    *,
+    preset: str = "bench-cpu",
+    prompts: int = 4,
+    group: int = 8,
+    new_tokens: int = 128,
+    vocab_size: int = 8192,
+    beta: float = 0.04,
+    ref_dtype: str | None = None,
+    prompt_len: int = 16,
+) -> Config:
     """The benchmark's run config (GRPO on the `addition` task, one device)."""
-    return from_dict({
-        "seed": 0,
-        "model": {"preset": preset, "overrides": {"vocab_size": vocab_size},
-                  "ref_dtype": ref_dtype},
-        "data": {"source": "task", "task": "addition", "max_prompt_len": prompt_len},
-        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-        "algorithm": {"name": "grpo", "group_size": group, "beta": beta, "kl_kind": "k3"},
-        "sampling": {"max_new_tokens": new_tokens, "temperature": 1.0},
-        "train": {"steps": 1000, "prompts_per_step": prompts, "lr": 1e-6},
-    })
+    return from_dict(
+        {
+            "seed": 0,
+            "model": {
+                "preset": preset,
+                "overrides": {"vocab_size": vocab_size},
+                "ref_dtype": ref_dtype,
+            },
+            "data": {"source": "task", "task": "addition", "max_prompt_len": prompt_len},
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+            "algorithm": {"name": "grpo", "group_size": group, "beta": beta, "kl_kind": "k3"},
+            "sampling": {"max_new_tokens": new_tokens, "temperature": 1.0},
+            "train": {"steps": 1000, "prompts_per_step": prompts, "lr": 1e-6},
+        }
+    )
 
 
 def build(config: Config) -> dict:
     """The RL run's pieces (`train.rl_stage.build`, the trainer's own builder) and its stage."""
     s = rl_stage.build(config, mesh=sharding.make_mesh(1, 1, 1))
-    s = dataclasses.replace(s, text=host.Text(WideCharTokenizer(s.text.tokenizer),
-                                              s.text.template, s.text.prompt_len))
+    s = dataclasses.replace(
+        s, text=host.Text(WideCharTokenizer(s.text.tokenizer), s.text.template, s.text.prompt_len)
+    )
     stage = rl_stage.stage(s)
-    return {"setup": s, "stage": stage, "state": s.state,
-            "need_old": needs_old_pass(s.update_config, s.ref_params is not None)}
+    return {
+        "setup": s,
+        "stage": stage,
+        "state": s.state,
+        "need_old": needs_old_pass(s.update_config, s.ref_params is not None),
+    }
 
 
 def full_step(parts: dict, step: int) -> tuple[float, dict]:
@@ -118,22 +136,30 @@ def phase_times(parts: dict, repeats: int) -> dict:
     rows = [s.train_rows[i] for i in range(s.config.train.prompts_per_step)]
     texts, ids, mask = s.text.encode(rows, G)
     prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
-    gen = _util.timed(lambda: s.programs.sample(state.params, prompts, state.rng, state.step),
-                      repeats)
+    gen = _util.timed(
+        lambda: s.programs.sample(state.params, prompts, state.rng, state.step), repeats
+    )
     rollout = gen["result"]
     toks, smask = (np.asarray(x) for x in rl.host_completions(rollout, T))
     dec = _util.timed(lambda: s.text.decode(toks, smask), repeats)
-    executor = RewardExecutor(s.scalar_fns, num_workers=s.config.rewards.num_workers,
-                              timeout_s=s.config.rewards.timeout_s)
+    executor = RewardExecutor(
+        s.scalar_fns, num_workers=s.config.rewards.num_workers, timeout_s=s.config.rewards.timeout_s
+    )
     try:
-        rew = _util.timed(lambda: host.score(s.text, executor, s.token_fns, rows, G, texts,
-                                             toks, smask), repeats)
+        rew = _util.timed(
+            lambda: host.score(s.text, executor, s.token_fns, rows, G, texts, toks, smask), repeats
+        )
     finally:
         executor.close()
     score = _util.timed(lambda: s.programs.score(state, s.ref_params, rollout), repeats)
-    return {"generate_s": gen["median_s"], "decode_s": dec["median_s"],
-            "reward_s": rew["median_s"], "score_s": score["median_s"],
-            "generate_compile_s": gen["compile_s"], "response_lengths": smask.sum(axis=1)}
+    return {
+        "generate_s": gen["median_s"],
+        "decode_s": dec["median_s"],
+        "reward_s": rew["median_s"],
+        "score_s": score["median_s"],
+        "generate_compile_s": gen["compile_s"],
+        "response_lengths": smask.sum(axis=1),
+    }
 
 
 def step_flops(parts: dict, mean_len: float) -> dict:
@@ -141,13 +167,14 @@ def step_flops(parts: dict, mean_len: float) -> dict:
     c, B = s.model_config, s.config.train.prompts_per_step * s.group_size
     P, T = s.text.prompt_len, s.config.sampling.max_new_tokens
     passes = (s.ref_params is not None) + parts["need_old"]
-    return {"generate": _util.generate_flops(c, B, P, mean_len),
-            "logprobs": passes * _util.forward_flops(c, B, P + T, T),
-            "update": _util.train_flops(c, B, P + T, T)}
+    return {
+        "generate": _util.generate_flops(c, B, P, mean_len),
+        "logprobs": passes * _util.forward_flops(c, B, P + T, T),
+        "update": _util.train_flops(c, B, P + T, T),
+    }
 
 
-def peer_step(name: str, wanted: bool, config: Config, parts: dict,
-              repeats: int) -> dict | None:
+def peer_step(name: str, wanted: bool, config: Config, parts: dict, repeats: int) -> dict | None:
     """The peer's GRPO step on the same shape, batch and lengths, timed in this run (in a
     child process, `bench.peers`); None when not `wanted` or the peer is not importable."""
     if not wanted:
@@ -157,21 +184,27 @@ def peer_step(name: str, wanted: bool, config: Config, parts: dict,
         print(f"  --vs-{name}: {module!r} is not installed; vs_{name} = null")
         return None
     if name == "tunix":
-        print("  --vs-tunix: no Tunix runner (google-tunix would replace the installed "
-              "transformers; see bench.peers); vs_tunix = null")
+        print(
+            "  --vs-tunix: no Tunix runner (google-tunix would replace the installed "
+            "transformers; see bench.peers); vs_tunix = null"
+        )
         return None
     from jaxrl_lrm.bench import peers
 
     s = parts["setup"]
     return peers.trl_grpo_step_time_isolated(
-        model_config=s.model_config, prompts=config.train.prompts_per_step,
-        group=s.group_size, new_tokens=config.sampling.max_new_tokens,
+        model_config=s.model_config,
+        prompts=config.train.prompts_per_step,
+        group=s.group_size,
+        new_tokens=config.sampling.max_new_tokens,
         prompt_len=s.text.prompt_len,
-        repeats=repeats, beta=s.spec.beta, lr=config.train.lr)
+        repeats=repeats,
+        beta=s.spec.beta,
+        lr=config.train.lr,
+    )
 
 
-def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
-    """Times one full GRPO step and its phases; returns `{"summary": ...}`."""
+def _args(quick: bool, extra_args: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench grpo_step")
     p.add_argument("--preset", default="bench-cpu")
     p.add_argument("--prompts", type=int, default=2 if quick else 4)
@@ -182,37 +215,62 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=2 if quick else 3)
     p.add_argument("--vs-trl", action="store_true")
     p.add_argument("--vs-tunix", action="store_true")
-    a = p.parse_args(extra_args or [])
-    config = make_config(preset=a.preset, prompts=a.prompts, group=a.group,
-                         new_tokens=a.new_tokens, vocab_size=a.vocab_size, ref_dtype=a.ref_dtype)
-    parts = build(config)
+    return p.parse_args(extra_args or [])
+
+
+def _measure(parts: dict, repeats: int) -> dict:
+    """Two warm-up steps (the first compiles; the second shows nothing compiles again), then
+    `repeats` timed steps, each after a fresh matmul-peak measurement, then the phases."""
     try:
-        # Two warm-up steps: the first compiles; the second shows that nothing compiles
-        # again (reported as `second_step_s`; `compiled_versions` counts the executables).
         warm = [full_step(parts, i)[0] for i in range(2)]
         walls, loop, peaks = [], [], []
-        for i in range(a.repeats):
+        for i in range(repeats):
             peaks.append(_util.matmul_gflops(1024, "float32", 3))
             wall, metrics = full_step(parts, i + 2)
             walls.append(wall)
             loop.append(metrics)
-        step_s = float(np.median(walls))
-        phases = phase_times(parts, a.repeats)
+        phases = phase_times(parts, repeats)
         compiled = parts["setup"].programs.compile_counts()
     finally:
         parts["stage"].on_close()
-    peers = {name: peer_step(name, wanted, config, parts, a.repeats)
-             for name, wanted in (("trl", a.vs_trl), ("tunix", a.vs_tunix))}
-    update_s = float(np.median([m["time/step_s"] - m["time/sample_s"] - m["time/reward_s"]
-                                for m in loop]))
+    return {
+        "warm": warm,
+        "walls": walls,
+        "loop": loop,
+        "peaks": peaks,
+        "phases": phases,
+        "compiled": compiled,
+    }
+
+
+def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
+    """Times one full GRPO step and its phases; returns `{"summary": ...}`."""
+    a = _args(quick, extra_args)
+    config = make_config(
+        preset=a.preset,
+        prompts=a.prompts,
+        group=a.group,
+        new_tokens=a.new_tokens,
+        vocab_size=a.vocab_size,
+        ref_dtype=a.ref_dtype,
+    )
+    parts = build(config)
+    m = _measure(parts, a.repeats)
+    walls, loop, peaks, phases = m["walls"], m["loop"], m["peaks"], m["phases"]
+    step_s = float(np.median(walls))
+    peers = {
+        name: peer_step(name, wanted, config, parts, a.repeats)
+        for name, wanted in (("trl", a.vs_trl), ("tunix", a.vs_tunix))
+    }
+    update_s = float(
+        np.median([x["time/step_s"] - x["time/sample_s"] - x["time/reward_s"] for x in loop])
+    )
     lengths = phases.pop("response_lengths")
     flops = step_flops(parts, float(lengths.mean()))
     floors = [sum(flops.values()) / (pk * 1e9) for pk in peaks]
-    floor_s = float(np.median(floors))
     exposed = max(0.0, phases["decode_s"] + phases["reward_s"] - phases["score_s"])
     device_s = phases["generate_s"] + phases["score_s"] + update_s
-    full = (a.preset, a.prompts, a.group, a.new_tokens, a.vocab_size) == \
-        ("bench-cpu", 4, 8, 128, 8192)
+    full = (a.preset, a.prompts, a.group, a.new_tokens, a.vocab_size) == FULL_SHAPE
     summary = {
         "step_s": step_s,
         "floor_ratio": float(np.median([w / f for w, f in zip(walls, floors)])),
@@ -220,34 +278,49 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         **{f"vs_{k}": (p["step_s"] / step_s if p else None) for k, p in peers.items()},
         **{k: v for k, v in phases.items() if k.endswith("_s") and "compile" not in k},
         "update_s": update_s,
-        "loop_sample_s": float(np.median([m["time/sample_s"] for m in loop])),
-        "loop_reward_s": float(np.median([m["time/reward_s"] for m in loop])),
-        "floor_s": floor_s,
+        "loop_sample_s": float(np.median([x["time/sample_s"] for x in loop])),
+        "loop_reward_s": float(np.median([x["time/reward_s"] for x in loop])),
+        "floor_s": float(np.median(floors)),
         "fp32_peak_gflops": float(np.median(peaks)),
         "mean_response_len": float(lengths.mean()),
-        "compile_s": warm[0],
-        "second_step_s": warm[1],
+        "compile_s": m["warm"][0],
+        "second_step_s": m["warm"][1],
     }
-    _util.print_table(summary, f"grpo_step {a.preset}: {a.prompts} x {a.group} x "
-                               f"{a.new_tokens} tokens, vocab {a.vocab_size}")
-    for name, p in peers.items():
-        if p:
-            _util.print_table({k: v for k, v in p.items() if not isinstance(v, list)},
-                              f"{name} GRPO step, same shape and batch, this run")
+    _print(summary, peers, a)
     return {
         "summary": summary,
         "config": vars(a) | {"quick": quick, "params": parts["setup"].model_config.num_params},
         "flops": flops,
-        "flops_note": "matmul FLOPs with attention (bench._util): generate at the mean response "
-                      "length, one forward per log-prob pass, 3 forwards for the update",
+        "flops_note": FLOPS_NOTE,
         "step_times_s": walls,
         "peaks_gflops": peaks,
-        "compiled_versions": compiled,
+        "compiled_versions": m["compiled"],
         "device_phases_s": device_s,
         "unaccounted_s": step_s - device_s - exposed,
         "peers": peers,
         "recorded_peer_ratio": {k: v / step_s for k, v in RECORDED_PEERS_S.items()} if full else {},
-        "recorded_peer_note": "peer times from BENCHMARKS.md (earlier runs, not this one)",
+        "recorded_peer_note": "peer times from docs/benchmarks.md (earlier runs, not this one)",
         "loop_metrics": loop,
         "machine": _util.machine(),
     }
+
+
+FULL_SHAPE = ("bench-cpu", 4, 8, 128, 8192)
+FLOPS_NOTE = (
+    "matmul FLOPs with attention (bench._util): generate at the mean response length, "
+    "one forward per log-prob pass, 3 forwards for the update"
+)
+
+
+def _print(summary: dict, peers: dict, a) -> None:
+    _util.print_table(
+        summary,
+        f"grpo_step {a.preset}: {a.prompts} x {a.group} x "
+        f"{a.new_tokens} tokens, vocab {a.vocab_size}",
+    )
+    for name, p in peers.items():
+        if p:
+            _util.print_table(
+                {k: v for k, v in p.items() if not isinstance(v, list)},
+                f"{name} GRPO step, same shape and batch, this run",
+            )

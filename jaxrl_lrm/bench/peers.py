@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.models.config import ModelConfig, preset
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2
 
@@ -106,6 +106,44 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def _check_sizes(*, group: int, beta: float, **sizes) -> None:
+    for name, value in (("group", group), *sizes.items()):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected a positive integer")
+    if group < 2:
+        raise ValueError(f"group={group!r}: expected >= 2 (GRPO needs a group to compare)")
+    if beta < 0:
+        raise ValueError(f"beta={beta!r}: expected >= 0")
+
+
+def _summary(step, gen, score, *, threads: int, trl, torch, gradient_checkpointing) -> dict:
+    step_s = _median(step.times[1:])
+    score_s = _median(score.times[1:])
+    return {"step_s": step_s, "step_times_s": step.times[1:], "warmup_s": step.times[0],
+            "generate_s": _median(gen.times[1:]), "score_s": score_s,
+            "update_s": step_s - score_s,
+            "mean_completion_len": _median(score.kept[1:]),
+            "threads": threads, "trl_version": trl.__version__,
+            "torch_version": torch.__version__,
+            "gradient_checkpointing": gradient_checkpointing}
+
+
+def _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step, *, prompts, group,
+                 new_tokens, beta, lr, repeats, seed, gradient_checkpointing):
+    """TRL's `GRPOTrainer` on the saved random model: forced completion length, CPU, fp32."""
+    args = trl.GRPOConfig(
+        output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=prompts * group,
+        gradient_accumulation_steps=1, num_generations=group,
+        max_completion_length=new_tokens, generation_kwargs={"min_new_tokens": new_tokens},
+        temperature=1.0, beta=beta, num_iterations=1, learning_rate=lr,
+        gradient_checkpointing=gradient_checkpointing, use_cpu=True, bf16=False,
+        fp16=False, report_to=[], logging_strategy="no", save_strategy="no",
+        max_steps=repeats + 1, seed=seed, disable_tqdm=True,
+        dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32})
+    return trl.GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=data,
+                           processing_class=tokenizer, callbacks=[step.callback()])
+
+
 def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int = 4,
                        group: int = 8, new_tokens: int = 128, prompt_len: int = 16,
                        repeats: int = 3, beta: float = 0.04, lr: float = 1e-6,
@@ -133,16 +171,9 @@ def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int 
         reference log-probs, advantages), "update_s": step_s - score_s, "mean_completion_len",
         "threads", "trl_version", "torch_version", "gradient_checkpointing"}`.
     """
-    for name, value in (("prompts", prompts), ("group", group), ("new_tokens", new_tokens),
-                        ("prompt_len", prompt_len), ("repeats", repeats)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected a positive integer")
-    if group < 2:
-        raise ValueError(f"group={group!r}: expected >= 2 (GRPO needs a group to compare)")
-    if beta < 0:
-        raise ValueError(f"beta={beta!r}: expected >= 0")
+    _check_sizes(prompts=prompts, group=group, new_tokens=new_tokens, prompt_len=prompt_len,
+                 repeats=repeats, beta=beta)
     if model_config is None:
-        from jaxrl_lrm.models.config import preset
         model_config = preset("bench-cpu", vocab_size=8192)
     hf_config = hf_qwen3_config(model_config)
 
@@ -174,19 +205,11 @@ def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int 
             model.generation_config.eos_token_id = tokenizer.eos_token_id
             model.generation_config.pad_token_id = tokenizer.pad_token_id
             model.save_pretrained(model_dir)
-            args = trl.GRPOConfig(
-                output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=prompts * group,
-                gradient_accumulation_steps=1, num_generations=group,
-                max_completion_length=new_tokens, generation_kwargs={"min_new_tokens": new_tokens},
-                temperature=1.0, beta=beta, num_iterations=1, learning_rate=lr,
-                gradient_checkpointing=gradient_checkpointing, use_cpu=True, bf16=False,
-                fp16=False, report_to=[], logging_strategy="no", save_strategy="no",
-                max_steps=repeats + 1, seed=seed, disable_tqdm=True,
-                dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32})
             step = _StepTimer()
-            trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=reward, args=args,
-                                      train_dataset=data, processing_class=tokenizer,
-                                      callbacks=[step.callback()])
+            trainer = _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step,
+                                   prompts=prompts, group=group, new_tokens=new_tokens,
+                                   beta=beta, lr=lr, repeats=repeats, seed=seed,
+                                   gradient_checkpointing=gradient_checkpointing)
             for cb in (transformers.PrinterCallback, transformers.ProgressCallback):
                 trainer.remove_callback(cb)
             gen = _Clock(trainer, "_generate")
@@ -197,15 +220,8 @@ def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int 
         torch.set_num_threads(old_threads)
     if len(step.times) != repeats + 1:
         raise RuntimeError(f"TRL ran {len(step.times)} steps, expected {repeats + 1}")
-    step_s = _median(step.times[1:])
-    score_s = _median(score.times[1:])
-    return {"step_s": step_s, "step_times_s": step.times[1:], "warmup_s": step.times[0],
-            "generate_s": _median(gen.times[1:]), "score_s": score_s,
-            "update_s": step_s - score_s,
-            "mean_completion_len": _median(score.kept[1:]),
-            "threads": threads, "trl_version": trl.__version__,
-            "torch_version": torch.__version__,
-            "gradient_checkpointing": gradient_checkpointing}
+    return _summary(step, gen, score, threads=threads, trl=trl, torch=torch,
+                    gradient_checkpointing=gradient_checkpointing)
 
 
 def trl_grpo_step_time_isolated(*, model_config: ModelConfig | None = None,

@@ -30,8 +30,11 @@ OVERLONG = "overlong"  # the name the trainer gives the soft overlong punishment
 
 def mixed_groups(scores: Scores, G: int, weights: dict[str, float]) -> np.ndarray:
     """`[N / G]` bool: groups whose task reward is not the same for every completion."""
-    task = sum(weights[k] * np.asarray(v, np.float64) for k, v in scores.per_fn.items()
-               if k != OVERLONG and k in weights)
+    task = sum(
+        weights[k] * np.asarray(v, np.float64)
+        for k, v in scores.per_fn.items()
+        if k != OVERLONG and k in weights
+    )
     g = np.broadcast_to(np.asarray(task), (len(scores.total_N),)).reshape(-1, G)
     return ~np.all(g == g[:, :1], axis=1)
 
@@ -51,16 +54,29 @@ def _concat_scores(parts: list[Scores], idx: np.ndarray) -> Scores:
     cat = np.concatenate
     dense = None if parts[0].dense_NT is None else cat([p.dense_NT for p in parts])[idx]
     completions = sum((p.completions for p in parts), [])
-    return Scores(total_N=cat([p.total_N for p in parts])[idx], dense_NT=dense,
-                  per_fn={k: cat([p.per_fn[k] for p in parts])[idx] for k in parts[0].per_fn},
-                  stats={k: sum(p.stats.get(k, 0.0) for p in parts) for k in parts[0].stats},
-                  completions=[completions[i] for i in idx])
+    return Scores(
+        total_N=cat([p.total_N for p in parts])[idx],
+        dense_NT=dense,
+        per_fn={k: cat([p.per_fn[k] for p in parts])[idx] for k in parts[0].per_fn},
+        stats={k: sum(p.stats.get(k, 0.0) for p in parts) for k in parts[0].stats},
+        completions=[completions[i] for i in idx],
+    )
 
 
-def dapo_step(programs: Programs, state: TrainState, ref_params, prompts: Prompts,
-              score: Callable, more_prompts: Callable[[], tuple[Prompts, Callable]], *, mesh,
-              T: int, G: int, max_rounds: int, weights: dict[str, float]
-              ) -> tuple[TrainState, StepOutput]:
+def dapo_step(
+    programs: Programs,
+    state: TrainState,
+    ref_params,
+    prompts: Prompts,
+    score: Callable,
+    more_prompts: Callable[[], tuple[Prompts, Callable]],
+    *,
+    mesh,
+    T: int,
+    G: int,
+    max_rounds: int,
+    weights: dict[str, float],
+) -> tuple[TrainState, StepOutput]:
     """`rl_step` with dynamic sampling. `more_prompts()` gives the next prompts and their score
     function (the host rows differ per round)."""
     t0 = time.monotonic()
@@ -70,8 +86,11 @@ def dapo_step(programs: Programs, state: TrainState, ref_params, prompts: Prompt
     for rnd in range(max_rounds):
         if rnd:
             prompts, score = more_prompts()
-        rollout = (programs.sample(state.params, prompts, state.rng, state.step) if rnd == 0
-                   else programs.sample(state.params, prompts, key_data, rnd))
+        rollout = (
+            programs.sample(state.params, prompts, state.rng, state.step)
+            if rnd == 0
+            else programs.sample(state.params, prompts, key_data, rnd)
+        )
         tokens, mask = host_completions(rollout, T)
         rollouts.append(rollout)
         parts.append(score(tokens, mask))
@@ -86,17 +105,24 @@ def dapo_step(programs: Programs, state: TrainState, ref_params, prompts: Prompt
     b = n_groups * G
     rnd_of, within = local // b, local % b
     global_idx = rnd_of * b * jax.process_count() + jax.process_index() * b + within
-    rollout = programs.take_rows(rollouts, sharding.shard_batch(global_idx.astype(np.int32),
-                                                                mesh))
+    rollout = programs.take_rows(rollouts, sharding.shard_batch(global_idx.astype(np.int32), mesh))
     scored = programs.score(state, ref_params, rollout)
     scores = _concat_scores(parts, local)
     keep = np.repeat(keep_g, G).astype(np.float32)
     t1 = time.monotonic()
-    batch = RolloutBatch(rollout=rollout, scored=scored,
-                         rewards=to_device(scores, mesh, keep_N=keep))
+    batch = RolloutBatch(
+        rollout=rollout, scored=scored, rewards=to_device(scores, mesh, keep_N=keep)
+    )
     state, dev_metrics = programs.update(state, batch)
-    metrics = {"time/sample_s": t1 - t0, "dapo/gen_rounds": float(len(parts)),
-               "dapo/mixed_group_frac": float(keep_g.mean()), **dev_metrics}
-    return state, StepOutput(metrics=metrics, scores=scores,
-                             tokens_NT=np.concatenate(tok_parts)[local],
-                             mask_NT=np.concatenate(mask_parts)[local])
+    metrics = {
+        "time/sample_s": t1 - t0,
+        "dapo/gen_rounds": float(len(parts)),
+        "dapo/mixed_group_frac": float(keep_g.mean()),
+        **dev_metrics,
+    }
+    return state, StepOutput(
+        metrics=metrics,
+        scores=scores,
+        tokens_NT=np.concatenate(tok_parts)[local],
+        mask_NT=np.concatenate(mask_parts)[local],
+    )

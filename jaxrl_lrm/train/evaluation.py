@@ -32,10 +32,15 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
     return next(a for a in answers if a is not None and counts[a] == best)
 
 
-def evaluate(rows: list[dict], *, complete: Callable[[list[dict], float, int], list[str]],
-             correct: Callable[[list[dict], list[str]], list[bool]],
-             extract: Callable[[str], str | None] | None = None, k: int = 0,
-             temperature: float = 1.0) -> tuple[dict, list[tuple[str, str, bool]]]:
+def evaluate(
+    rows: list[dict],
+    *,
+    complete: Callable[[list[dict], float, int], list[str]],
+    correct: Callable[[list[dict], list[str]], list[bool]],
+    extract: Callable[[str], str | None] | None = None,
+    k: int = 0,
+    temperature: float = 1.0,
+) -> tuple[dict, list[tuple[str, str, bool]]]:
     """Greedy accuracy, and pass@k / maj@k over k samples per prompt when k > 0.
 
     Args:
@@ -54,8 +59,10 @@ def evaluate(rows: list[dict], *, complete: Callable[[list[dict], float, int], l
         return {}, []
     greedy = complete(rows, 0.0, 1)
     ok = correct(rows, greedy)
-    metrics = {"eval/accuracy": float(np.mean(ok)),
-               "eval/response_chars": float(np.mean([len(c) for c in greedy]))}
+    metrics = {
+        "eval/accuracy": float(np.mean(ok)),
+        "eval/response_chars": float(np.mean([len(c) for c in greedy])),
+    }
     if k > 0:
         if extract is None:
             raise ValueError("maj@k needs an answer extractor")
@@ -65,11 +72,14 @@ def evaluate(rows: list[dict], *, complete: Callable[[list[dict], float, int], l
         metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(k, int(h.sum()), k) for h in hits]))
         maj_rows, maj_completions = [], []
         for i, row in enumerate(rows):
-            answer = majority_answer([extract(s) for s in samples[i * k:(i + 1) * k]])
+            answer = majority_answer([extract(s) for s in samples[i * k : (i + 1) * k]])
             if answer is not None:
                 maj_rows.append(row)
-                maj_completions.append(samples[i * k + [extract(s) for s in
-                                                        samples[i * k:(i + 1) * k]].index(answer)])
+                maj_completions.append(
+                    samples[
+                        i * k + [extract(s) for s in samples[i * k : (i + 1) * k]].index(answer)
+                    ]
+                )
         maj_ok = correct(maj_rows, maj_completions) if maj_rows else []
         metrics[f"eval/maj@{k}"] = float(np.sum(maj_ok) / len(rows))
     return metrics, [(r["prompt"], c, bool(o)) for r, c, o in zip(rows, greedy, ok)]

@@ -35,27 +35,34 @@ class Text:
     def render(self, question: str) -> str:
         return render_prompt(question, self.tokenizer, self.template)
 
-    def encode(self, rows: list[dict], repeat: int = 1) -> tuple[list[str], np.ndarray,
-                                                                 np.ndarray]:
+    def encode(self, rows: list[dict], repeat: int = 1) -> tuple[list[str], np.ndarray, np.ndarray]:
         """`(prompt texts, ids [N*repeat, P], mask [N*repeat, P])`, left-padded to P, each
         row repeated `repeat` times (a group)."""
         texts = [self.render(r["prompt"]) for r in rows]
         ids = [self.tokenizer.encode(t) for t in texts]
         for t, i in zip(texts, ids):
             if len(i) > self.prompt_len:
-                raise ValueError(f"prompt of {len(i)} tokens exceeds data.max_prompt_len="
-                                 f"{self.prompt_len}: {t[:80]!r}")
-        ids_NP, mask_NP = sampling.left_pad(ids, self.tokenizer.pad_id,
-                                            bucket_sizes=[self.prompt_len])
-        return ([t for t in texts for _ in range(repeat)], np.repeat(ids_NP, repeat, axis=0),
-                np.repeat(mask_NP, repeat, axis=0))
+                raise ValueError(
+                    f"prompt of {len(i)} tokens exceeds data.max_prompt_len="
+                    f"{self.prompt_len}: {t[:80]!r}"
+                )
+        ids_NP, mask_NP = sampling.left_pad(
+            ids, self.tokenizer.pad_id, bucket_sizes=[self.prompt_len]
+        )
+        return (
+            [t for t in texts for _ in range(repeat)],
+            np.repeat(ids_NP, repeat, axis=0),
+            np.repeat(mask_NP, repeat, axis=0),
+        )
 
     def decode(self, tokens_NT: np.ndarray, mask_NT: np.ndarray) -> list[str]:
         # A model's vocabulary is often padded past the tokenizer's (Qwen: 151,936 embeddings
         # for 151,665 tokens); ids with no text decode to nothing.
         n = self.tokenizer.vocab_size
-        return [self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m and t < n])
-                for row, mrow in zip(tokens_NT, mask_NT)]
+        return [
+            self.tokenizer.decode([int(t) for t, m in zip(row, mrow) if m and t < n])
+            for row, mrow in zip(tokens_NT, mask_NT)
+        ]
 
 
 @dataclasses.dataclass
@@ -90,9 +97,15 @@ def columns(rows: list[dict], group: int, smask_NT: np.ndarray) -> dict[str, lis
 _LOGGED: set[str] = set()
 
 
-def dense_rewards(tokenizer, toks_NT: np.ndarray, smask_NT: np.ndarray, completions: list[str],
-                  prompts: list[str], cols: dict, token_fns: list[RewardFn]
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+def dense_rewards(
+    tokenizer,
+    toks_NT: np.ndarray,
+    smask_NT: np.ndarray,
+    completions: list[str],
+    prompts: list[str],
+    cols: dict,
+    token_fns: list[RewardFn],
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
     """Token-level rewards: `(dense_NT float32, {name: [N] row sums}, {"errors/<name>": n})`.
 
     Each `(name, fn, weight)` is called as `fn(prompts, completions, **cols)`; its pairs are
@@ -107,9 +120,11 @@ def dense_rewards(tokenizer, toks_NT: np.ndarray, smask_NT: np.ndarray, completi
         try:
             out = fn(prompts, completions, **cols)
             if len(out) != N:
-                raise ValueError(f"token-level reward {name!r} returned {len(out)} entries for "
-                                 f"{N} completions: expected one list of (char_end, reward) per "
-                                 "completion")
+                raise ValueError(
+                    f"token-level reward {name!r} returned {len(out)} entries for "
+                    f"{N} completions: expected one list of (char_end, reward) per "
+                    "completion"
+                )
         except Exception:
             errors[f"errors/{name}"] = float(N)
             if name not in _LOGGED:
@@ -128,8 +143,16 @@ def dense_rewards(tokenizer, toks_NT: np.ndarray, smask_NT: np.ndarray, completi
     return dense, per_fn, errors
 
 
-def score(text: Text, executor, token_fns: list[RewardFn], rows: list[dict], group: int,
-          prompts: list[str], toks_NT: np.ndarray, smask_NT: np.ndarray) -> Scores:
+def score(
+    text: Text,
+    executor,
+    token_fns: list[RewardFn],
+    rows: list[dict],
+    group: int,
+    prompts: list[str],
+    toks_NT: np.ndarray,
+    smask_NT: np.ndarray,
+) -> Scores:
     """Decodes completions and scores them with every reward function."""
     completions = text.decode(toks_NT, smask_NT)
     cols = columns(rows, group, smask_NT)
@@ -139,23 +162,32 @@ def score(text: Text, executor, token_fns: list[RewardFn], rows: list[dict], gro
         total, per_fn, stats = np.zeros(len(prompts), np.float32), {}, {}
     dense = None
     if token_fns:
-        dense, sums, errors = dense_rewards(text.tokenizer, toks_NT, smask_NT, completions,
-                                            prompts, cols, token_fns)
+        dense, sums, errors = dense_rewards(
+            text.tokenizer, toks_NT, smask_NT, completions, prompts, cols, token_fns
+        )
         per_fn = {**per_fn, **sums}
         stats = {**stats, **errors}
-    return Scores(total_N=np.asarray(total, np.float32), dense_NT=dense, per_fn=dict(per_fn),
-                  stats=dict(stats), completions=completions)
+    return Scores(
+        total_N=np.asarray(total, np.float32),
+        dense_NT=dense,
+        per_fn=dict(per_fn),
+        stats=dict(stats),
+        completions=completions,
+    )
 
 
 def reward_metrics(s: Scores, smask_NT: np.ndarray, group: int) -> dict[str, float]:
     """Host metrics of a scored batch."""
     lengths = smask_NT.sum(axis=1)
-    out = {"reward/mean": float(np.mean(s.total_N)), "reward/std": float(np.std(s.total_N)),
-           "response_length/mean": float(lengths.mean()),
-           "response_length/max": float(lengths.max()),
-           "groups/zero_variance_frac": zero_variance_group_frac(s.outcome_N, group),
-           **{f"reward/{k}": float(np.mean(v)) for k, v in s.per_fn.items()},
-           **{f"reward_{k}": float(v) for k, v in s.stats.items() if k != "time_s"}}
+    out = {
+        "reward/mean": float(np.mean(s.total_N)),
+        "reward/std": float(np.std(s.total_N)),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "groups/zero_variance_frac": zero_variance_group_frac(s.outcome_N, group),
+        **{f"reward/{k}": float(np.mean(v)) for k, v in s.per_fn.items()},
+        **{f"reward_{k}": float(v) for k, v in s.stats.items() if k != "time_s"},
+    }
     if s.dense_NT is not None:
         out["reward/dense_mean"] = float(np.mean(s.dense_NT.sum(axis=1)))
     return out

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from jaxrl_lrm.checkpoint import Checkpointer
+from jaxrl_lrm.checkpoint import Checkpointer, all_finite
 from jaxrl_lrm.config import Config, save_config
 from jaxrl_lrm.data.iterator import PromptIterator
 from jaxrl_lrm.train.logging import MetricsLogger, plot_run
@@ -76,13 +75,6 @@ class RunResult:
         return self.state.params
 
 
-def all_finite(tree) -> bool:
-    """Whether every floating-point leaf of `tree` is finite (one device reduction)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.floating)]
-    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
-
-
 def _fetch(metrics: dict) -> dict:
     host = jax.device_get(metrics)
     return {k: float(v) for k, v in host.items()}
@@ -91,11 +83,23 @@ def _fetch(metrics: dict) -> dict:
 def _guard(step: int, metrics: dict, ckpt: Checkpointer | None) -> None:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
-        where = "no checkpoints are written" if ckpt is None else (
-            f"the last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is "
-            "untouched")
-        raise TrainingDivergedError(f"non-finite values at step {step}: {bad}; stopping; "
-                                    f"{where}.")
+        where = (
+            "no checkpoints are written"
+            if ckpt is None
+            else (
+                f"the last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is "
+                "untouched"
+            )
+        )
+        raise TrainingDivergedError(f"non-finite values at step {step}: {bad}; stopping; {where}.")
+
+
+def _kept(ckpt: Checkpointer | None) -> str:
+    if ckpt is None:
+        return "no checkpoints are written"
+    if ckpt.latest_step() is None:
+        return f"no checkpoint was written to {ckpt.directory}"
+    return f"the last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is untouched"
 
 
 def _restore(ckpt: Checkpointer, stage: Stage) -> tuple[TrainState, int]:
@@ -127,9 +131,16 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self.old)
 
 
-def run(config: Config, stage: Stage, run_dir: str | Path, *,
-        max_steps_this_run: int | None = None, max_seconds: float | None = None,
-        quiet: bool = False, checkpoints: bool = True) -> RunResult:
+def run(
+    config: Config,
+    stage: Stage,
+    run_dir: str | Path,
+    *,
+    max_steps_this_run: int | None = None,
+    max_seconds: float | None = None,
+    quiet: bool = False,
+    checkpoints: bool = True,
+) -> RunResult:
     """Trains `stage` for `train.steps` steps into `run_dir`, resuming from its newest
     checkpoint.
 
@@ -148,19 +159,19 @@ def run(config: Config, stage: Stage, run_dir: str | Path, *,
     is_main = jax.process_index() == 0
     if is_main and not quiet:
         save_config(config, run_dir / "config.yaml")
-    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=c.max_to_keep) \
-        if checkpoints else None
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=c.max_to_keep) if checkpoints else None
     logger = None
     try:
         state, start = _restore(ckpt, stage) if ckpt is not None else (stage.state, 0)
-        logger = MetricsLogger(run_dir, total_steps=c.steps, enabled=is_main and not quiet,
-                               resume_step=start)
-        end = c.steps if max_steps_this_run is None else min(c.steps,
-                                                             start + max_steps_this_run)
+        logger = MetricsLogger(
+            run_dir, total_steps=c.steps, enabled=is_main and not quiet, resume_step=start
+        )
+        end = c.steps if max_steps_this_run is None else min(c.steps, start + max_steps_this_run)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         with _Sigterm() as sigterm:
-            state, history = _steps(config, stage, state, (start, end, deadline), ckpt,
-                                    logger, sigterm)
+            state, history = _steps(
+                config, stage, state, (start, end, deadline), ckpt, logger, sigterm
+            )
     finally:
         if ckpt is not None:
             ckpt.close()
@@ -170,12 +181,14 @@ def run(config: Config, stage: Stage, run_dir: str | Path, *,
             logger.close()
     if is_main and not quiet:
         plot_run(run_dir)
-    return RunResult(metrics=history[-1] if history else {}, state=state, history=history,
-                     run_dir=run_dir)
+    return RunResult(
+        metrics=history[-1] if history else {}, state=state, history=history, run_dir=run_dir
+    )
 
 
-def _steps(config: Config, stage: Stage, state: TrainState, span: tuple, ckpt, logger,
-           sigterm: _Sigterm):
+def _steps(
+    config: Config, stage: Stage, state: TrainState, span: tuple, ckpt, logger, sigterm: _Sigterm
+):
     c = config.train
     start, end, deadline = span
     history: list[dict] = []
@@ -203,9 +216,13 @@ def _steps(config: Config, stage: Stage, state: TrainState, span: tuple, ckpt, l
             record(pending[0], finish(pending))
         done = step + 1
         evaluate = stage.evaluate is not None and (
-            (c.eval_every and done % c.eval_every == 0) or (stage.eval_at_end and done == c.steps))
-        save = ckpt is not None and (sigterm.flag or done == c.steps or (
-            c.checkpoint_every and done % c.checkpoint_every == 0))
+            (c.eval_every and done % c.eval_every == 0) or (stage.eval_at_end and done == c.steps)
+        )
+        save = ckpt is not None and (
+            sigterm.flag
+            or done == c.steps
+            or (c.checkpoint_every and done % c.checkpoint_every == 0)
+        )
         pending = (done, metrics, t0)
         if not (evaluate or save or done == end):
             continue
@@ -217,9 +234,18 @@ def _steps(config: Config, stage: Stage, state: TrainState, span: tuple, ckpt, l
                 raise TrainingDivergedError(
                     f"non-finite values at step {done} in the train state; not saved; the "
                     f"last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is "
-                    "untouched.")
-            ckpt.save(done, state, {"step": done, "data": stage.data.state(),
-                                    "seed": config.seed, "stage": stage.name})
+                    "untouched."
+                )
+            ckpt.save(
+                done,
+                state,
+                {
+                    "step": done,
+                    "data": stage.data.state(),
+                    "seed": config.seed,
+                    "stage": stage.name,
+                },
+            )
         record(done, metrics)
         if sigterm.flag:
             log.warning("SIGTERM: saved step %d, exiting", done)
@@ -227,4 +253,3 @@ def _steps(config: Config, stage: Stage, state: TrainState, span: tuple, ckpt, l
     if pending is not None:  # stopped by the deadline
         record(pending[0], finish(pending))
     return state, history
-

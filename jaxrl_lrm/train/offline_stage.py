@@ -40,8 +40,9 @@ def eval_rows(fn, params, frozen, data: dict, batch_size: int, mesh) -> dict[str
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, lo + batch_size)
         idx = np.where(idx < n, idx, 0)
-        res = jax.device_get(fn(params, frozen, sharding.shard_batch(
-            {k: v[idx] for k, v in data.items()}, mesh)))
+        res = jax.device_get(
+            fn(params, frozen, sharding.shard_batch({k: v[idx] for k, v in data.items()}, mesh))
+        )
         for k, v in res.items():
             out.setdefault(k, []).append(np.asarray(v)[: min(batch_size, n - lo)])
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -53,29 +54,57 @@ def check_batch(config: Config, n_train: int) -> int:
     if b > n_train:
         raise ValueError(f"train.prompts_per_step={b} exceeds the {n_train} training examples")
     if b % micro:
-        raise ValueError(f"train.prompts_per_step={b} is not divisible by "
-                         f"train.micro_batches={micro}")
+        raise ValueError(
+            f"train.prompts_per_step={b} is not divisible by train.micro_batches={micro}"
+        )
     return b
 
 
-def make_stage(config: Config, objective: Objective, *, mesh, params, train_data: dict,
-               eval_data: dict | None, frozen=None, name: str | None = None,
-               lr: float | None = None, total_updates: int | None = None,
-               batch_size: int | None = None, seed: int | None = None) -> loop.Stage:
+def make_stage(
+    config: Config,
+    objective: Objective,
+    *,
+    mesh,
+    params,
+    train_data: dict,
+    eval_data: dict | None,
+    frozen=None,
+    name: str | None = None,
+    lr: float | None = None,
+    total_updates: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> loop.Stage:
     """A `Stage` training a copy of `params` on `train_data` (numpy, leading example axis)."""
     c = config.train
     n = next(iter(train_data.values())).shape[0]
     batch_size = batch_size or check_batch(config, n)
     seed = config.seed if seed is None else seed
-    iterator = PromptIterator(range(n), batch_size, seed, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-    optimizer, schedule = make_optimizer(OptimizerConfig.of(
-        c, lr=lr, total_updates=c.steps if total_updates is None else total_updates))
+    iterator = PromptIterator(
+        range(n),
+        batch_size,
+        seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    optimizer, schedule = make_optimizer(
+        OptimizerConfig.of(
+            c, lr=lr, total_updates=c.steps if total_updates is None else total_updates
+        )
+    )
     state = init_state(params, optimizer=optimizer, mesh=mesh, seed=seed)
     example = {k: v[:batch_size] for k, v in train_data.items()}
     programs = make_offline_programs(
-        objective.loss, objective.eval_terms, optimizer=optimizer, micro_batches=c.micro_batches,
-        mesh=mesh, state=state, batch=example, frozen=frozen, denom_fn=objective.denominators)
+        objective.loss,
+        objective.eval_terms,
+        optimizer=optimizer,
+        micro_batches=c.micro_batches,
+        mesh=mesh,
+        state=state,
+        batch=example,
+        frozen=frozen,
+        denom_fn=objective.denominators,
+    )
 
     def step(st: TrainState, k: int):
         idx = np.asarray(iterator.next_indices())
@@ -85,12 +114,21 @@ def make_stage(config: Config, objective: Objective, *, mesh, params, train_data
 
     evaluate = None
     if eval_data is not None and objective.eval_terms is not None:
-        def evaluate(st: TrainState) -> dict:
-            return objective.summarize(eval_rows(programs.evaluate, st.params, frozen,
-                                                 eval_data, batch_size, mesh))
 
-    return loop.Stage(name=name or config.stage, state=state, step=step, data=iterator,
-                      programs=programs, evaluate=evaluate, eval_at_end=True)
+        def evaluate(st: TrainState) -> dict:
+            return objective.summarize(
+                eval_rows(programs.evaluate, st.params, frozen, eval_data, batch_size, mesh)
+            )
+
+    return loop.Stage(
+        name=name or config.stage,
+        state=state,
+        step=step,
+        data=iterator,
+        programs=programs,
+        evaluate=evaluate,
+        eval_at_end=True,
+    )
 
 
 # --------------------------------------------------------------------------- the three stages
@@ -106,28 +144,39 @@ def sft_stage(config: Config, mesh) -> loop.Stage:
     `eval/accuracy` (share of rows whose whole completion is the greedy choice)."""
     task, tokenizer, model = setup.build_model(config, mesh)
     render = offline_data.make_render(config, tokenizer)
-    train_data = offline_data.encode_checked(config, sft.sft_pairs(config, task, "train"),
-                                             tokenizer, render)
+    train_data = offline_data.encode_checked(
+        config, sft.sft_pairs(config, task, "train"), tokenizer, render
+    )
     eval_data = None
     if _has_eval(config):
         pairs = sft.sft_pairs(config, task, "eval")
-        eval_data = offline_data.encode_checked(config, pairs, tokenizer, render) if pairs \
-            else None
+        eval_data = offline_data.encode_checked(config, pairs, tokenizer, render) if pairs else None
     mc = model.config
-    objective = Objective(loss=lambda p, _, b, d: sft.sft_loss(p, mc, b, d),
-                          denominators=sft.target_denominators,
-                          eval_terms=lambda p, _, b: sft.token_stats(p, mc, b),
-                          summarize=sft.summarize)
-    return make_stage(config, objective, mesh=mesh, params=model.params, train_data=train_data,
-                      eval_data=eval_data)
+    objective = Objective(
+        loss=lambda p, _, b, d: sft.sft_loss(p, mc, b, d),
+        denominators=sft.target_denominators,
+        eval_terms=lambda p, _, b: sft.token_stats(p, mc, b),
+        summarize=sft.summarize,
+    )
+    return make_stage(
+        config,
+        objective,
+        mesh=mesh,
+        params=model.params,
+        train_data=train_data,
+        eval_data=eval_data,
+    )
 
 
 def _pair_summary(loss_key: str, a: str, b: str, acc_name: str) -> Callable[[dict], dict]:
     def summarize(t: dict) -> dict:
         margin = t[a] - t[b]
-        return {"eval/loss": float(np.mean(t[loss_key])),
-                f"eval/{acc_name}": float(np.mean(margin > 0)),
-                "eval/margin": float(np.mean(margin))}
+        return {
+            "eval/loss": float(np.mean(t[loss_key])),
+            f"eval/{acc_name}": float(np.mean(margin > 0)),
+            "eval/margin": float(np.mean(margin)),
+        }
+
     return summarize
 
 
@@ -137,8 +186,9 @@ def dpo_stage(config: Config, mesh, *, label_smoothing: float = 0.0) -> loop.Sta
     `eval/reward_accuracy`, `eval/margin`."""
     beta = config.algorithm.beta
     if beta is None or beta <= 0:
-        raise ValueError(f"algorithm.beta={beta!r}: expected > 0 for stage='dpo' (the DPO "
-                         "temperature, e.g. 0.1)")
+        raise ValueError(
+            f"algorithm.beta={beta!r}: expected > 0 for stage='dpo' (the DPO temperature, e.g. 0.1)"
+        )
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing={label_smoothing!r}: expected 0 <= value < 0.5")
     _, tokenizer, model = setup.build_model(config, mesh)
@@ -148,18 +198,28 @@ def dpo_stage(config: Config, mesh, *, label_smoothing: float = 0.0) -> loop.Sta
     def encode(split):
         return dpo.encode_preferences(dpo.read_pairs(config, split), tokenizer, P, T, render)
 
-    ref = model.params if config.model.ref_dtype in (None, config.model.dtype) else \
-        setup.frozen_copy(model.params, config.model.ref_dtype)
+    ref = (
+        model.params
+        if config.model.ref_dtype in (None, config.model.dtype)
+        else setup.frozen_copy(model.params, config.model.ref_dtype)
+    )
     kw = dict(prompt_len=P, beta=beta, label_smoothing=label_smoothing)
     mc = model.config
     objective = Objective(
         loss=lambda p, ref_p, b, d: dpo.dpo_batch_loss(p, ref_p, mc, b, d, **kw),
         denominators=dpo.pair_denominators,
         eval_terms=lambda p, ref_p, b: dpo.dpo_terms(p, ref_p, mc, b, **kw),
-        summarize=_pair_summary("loss", "chosen_reward", "rejected_reward", "reward_accuracy"))
-    return make_stage(config, objective, mesh=mesh, params=model.params,
-                      train_data=encode("train"),
-                      eval_data=encode("eval") if _has_eval(config) else None, frozen=ref)
+        summarize=_pair_summary("loss", "chosen_reward", "rejected_reward", "reward_accuracy"),
+    )
+    return make_stage(
+        config,
+        objective,
+        mesh=mesh,
+        params=model.params,
+        train_data=encode("train"),
+        eval_data=encode("eval") if _has_eval(config) else None,
+        frozen=ref,
+    )
 
 
 def reward_model_stage(config: Config, mesh) -> loop.Stage:
@@ -177,19 +237,32 @@ def reward_model_stage(config: Config, mesh) -> loop.Stage:
         loss=lambda p, _, b, d: reward_model.rm_batch_loss(p, mc, b, d),
         denominators=dpo.pair_denominators,
         eval_terms=lambda p, _, b: reward_model.rm_terms(p, mc, b),
-        summarize=_pair_summary("loss", "r_chosen", "r_rejected", "accuracy"))
-    return make_stage(config, objective, mesh=mesh, params=model.params,
-                      train_data=encode("train"),
-                      eval_data=encode("eval") if _has_eval(config) else None)
+        summarize=_pair_summary("loss", "r_chosen", "r_rejected", "accuracy"),
+    )
+    return make_stage(
+        config,
+        objective,
+        mesh=mesh,
+        params=model.params,
+        train_data=encode("train"),
+        eval_data=encode("eval") if _has_eval(config) else None,
+    )
 
 
 STAGES = {"sft": sft_stage, "dpo": dpo_stage, "reward_model": reward_model_stage}
 
 
-def run(config: Config, *, run_dir: str | Path | None = None, mesh=None,
-        max_steps_this_run: int | None = None, quiet: bool = False) -> loop.RunResult:
+def run(
+    config: Config,
+    *,
+    run_dir: str | Path | None = None,
+    mesh=None,
+    max_steps_this_run: int | None = None,
+    quiet: bool = False,
+) -> loop.RunResult:
     """Builds the offline stage `config.stage` names and trains it into `run_dir`."""
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     stage = STAGES[config.stage](config, mesh)
-    return loop.run(config, stage, run_dir or config.run_dir,
-                    max_steps_this_run=max_steps_this_run, quiet=quiet)
+    return loop.run(
+        config, stage, run_dir or config.run_dir, max_steps_this_run=max_steps_this_run, quiet=quiet
+    )

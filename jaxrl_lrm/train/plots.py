@@ -14,8 +14,10 @@ def plot_comparison(summary: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, seconds, label in (("rl_evals", "rl_seconds", "GRPO, verifiable reward"),
-                                ("control_evals", "control_seconds", "control: more SFT")):
+    for key, seconds, label in (
+        ("rl_evals", "rl_seconds", "GRPO, verifiable reward"),
+        ("control_evals", "control_seconds", "control: more SFT"),
+    ):
         ys = summary[key]
         xs = [summary[seconds] * (i + 1) / len(ys) for i in range(len(ys))]
         ax.plot(xs, ys, "o-", label=label)

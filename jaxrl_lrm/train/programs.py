@@ -74,33 +74,50 @@ def params_sharding(params, mesh):
 # --------------------------------------------------------------------------- RL
 
 
-def _sample(params, prompts: Prompts, rng_data, step, *, model: ModelConfig,
-            s: SamplingConfig, mesh) -> Rollout:
+def _sample(
+    params, prompts: Prompts, rng_data, step, *, model: ModelConfig, s: SamplingConfig, mesh
+) -> Rollout:
     key = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
     greedy = s.temperature == 0.0
     tokens, logp, mask = sampling.sample_tokens(
-        params, model, prompts.ids_BP, prompts.mask_BP, key, max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature, top_k=0 if greedy else s.top_k,
-        top_p=1.0 if greedy else s.top_p, eos_id=s.eos_id, pad_id=s.pad_id,
-        mesh=mesh if mesh.size > 1 else None)
-    return Rollout(tokens_BL=jnp.concatenate([prompts.ids_BP, tokens], axis=1),
-                   attn_BL=jnp.concatenate([prompts.mask_BP, mask], axis=1),
-                   sampler_logp_BT=logp)
+        params,
+        model,
+        prompts.ids_BP,
+        prompts.mask_BP,
+        key,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_k=0 if greedy else s.top_k,
+        top_p=1.0 if greedy else s.top_p,
+        eos_id=s.eos_id,
+        pad_id=s.pad_id,
+        mesh=mesh if mesh.size > 1 else None,
+    )
+    return Rollout(
+        tokens_BL=jnp.concatenate([prompts.ids_BP, tokens], axis=1),
+        attn_BL=jnp.concatenate([prompts.mask_BP, mask], axis=1),
+        sampler_logp_BT=logp,
+    )
 
 
-def _score(state, ref_params, rollout: Rollout, *, cfg: upd.RLUpdateConfig,
-           with_old: bool) -> Scored:
+def _score(
+    state, ref_params, rollout: Rollout, *, cfg: upd.RLUpdateConfig, with_old: bool
+) -> Scored:
     def logp(params):
-        return upd.completion_logprobs(params, cfg.model, rollout.tokens_BL, rollout.attn_BL,
-                                       cfg.prompt_len, cfg.temperature)[0]
+        return upd.completion_logprobs(
+            params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len, cfg.temperature
+        )[0]
 
     values = None
     if state.value is not None:
-        values = upd.completion_values(state.value.params, cfg.model, rollout.tokens_BL,
-                                       rollout.attn_BL, cfg.prompt_len)
-    return Scored(old_logp_BT=logp(state.params) if with_old else None,
-                  ref_logp_BT=None if ref_params is None else logp(ref_params),
-                  values_BT=values)
+        values = upd.completion_values(
+            state.value.params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len
+        )
+    return Scored(
+        old_logp_BT=logp(state.params) if with_old else None,
+        ref_logp_BT=None if ref_params is None else logp(ref_params),
+        values_BT=values,
+    )
 
 
 def needs_old_pass(cfg: upd.RLUpdateConfig, has_ref: bool) -> bool:
@@ -109,8 +126,17 @@ def needs_old_pass(cfg: upd.RLUpdateConfig, has_ref: bool) -> bool:
     return cfg.need_old or (cfg.spec.kl_in_reward and has_ref)
 
 
-def make_rl_programs(cfg: upd.RLUpdateConfig, s: SamplingConfig, mesh, *, state, ref_params,
-                     rows: int, dense: bool, keep: bool = False) -> Programs:
+def make_rl_programs(
+    cfg: upd.RLUpdateConfig,
+    s: SamplingConfig,
+    mesh,
+    *,
+    state,
+    ref_params,
+    rows: int,
+    dense: bool,
+    keep: bool = False,
+) -> Programs:
     """`sample`, `score`, `update` and `generate` for an RL run of `rows` global rows (prompts x
     group size x processes) per step, with the layouts of `state` and `ref_params`; `dense`:
     whether token-level rewards come with the scalar ones; `keep`: whether rows carry a
@@ -119,34 +145,60 @@ def make_rl_programs(cfg: upd.RLUpdateConfig, s: SamplingConfig, mesh, *, state,
     ref_sh = None if ref_params is None else params_sharding(ref_params, mesh)
     rep = sharding.replicated(mesh)
     P, T = cfg.prompt_len, s.max_new_tokens
-    prompts_sh = rows_sharding(Prompts(ids_BP=jnp.zeros((rows, P)), mask_BP=jnp.zeros((rows, P))),
-                               mesh)
-    rollout_abs = Rollout(tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
-                          attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
-                          sampler_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32))
+    prompts_sh = rows_sharding(
+        Prompts(ids_BP=jnp.zeros((rows, P)), mask_BP=jnp.zeros((rows, P))), mesh
+    )
+    rollout_abs = Rollout(
+        tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
+        attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
+        sampler_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32),
+    )
     rollout_sh = rows_sharding(rollout_abs, mesh)
     sample = jax.jit(
         lambda p, pr, r, k: _sample(p, pr, r, k, model=cfg.model, s=s, mesh=mesh),
-        in_shardings=(state_sh.policy.params, prompts_sh, rep, rep), out_shardings=rollout_sh)
+        in_shardings=(state_sh.policy.params, prompts_sh, rep, rep),
+        out_shardings=rollout_sh,
+    )
     with_old = needs_old_pass(cfg, ref_params is not None)
     score_fn = jax.tree_util.Partial(_score, cfg=cfg, with_old=with_old)
     scored_abs = jax.eval_shape(score_fn, state, ref_params, rollout_abs)
-    score = jax.jit(score_fn, in_shardings=(state_sh, ref_sh, rollout_sh),
-                    out_shardings=rows_sharding(scored_abs, mesh))
-    rewards_abs = Rewards(rewards_B=jax.ShapeDtypeStruct((rows,), jnp.float32),
-                          dense_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32) if dense
-                          else None,
-                          keep_B=jax.ShapeDtypeStruct((rows,), jnp.float32) if keep else None)
-    batch_sh = RolloutBatch(rollout=rollout_sh, scored=rows_sharding(scored_abs, mesh),
-                            rewards=rows_sharding(rewards_abs, mesh))
-    update = jax.jit(lambda st, b: upd.rl_update(st, b, cfg=cfg), donate_argnums=0,
-                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep))
+    score = jax.jit(
+        score_fn,
+        in_shardings=(state_sh, ref_sh, rollout_sh),
+        out_shardings=rows_sharding(scored_abs, mesh),
+    )
+    rewards_abs = Rewards(
+        rewards_B=jax.ShapeDtypeStruct((rows,), jnp.float32),
+        dense_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32) if dense else None,
+        keep_B=jax.ShapeDtypeStruct((rows,), jnp.float32) if keep else None,
+    )
+    batch_sh = RolloutBatch(
+        rollout=rollout_sh,
+        scored=rows_sharding(scored_abs, mesh),
+        rewards=rows_sharding(rewards_abs, mesh),
+    )
+    update = jax.jit(
+        lambda st, b: upd.rl_update(st, b, cfg=cfg),
+        donate_argnums=0,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, rep),
+    )
     generate = _generator(cfg.model, s, mesh, state_sh.policy.params)
     take = jax.jit(_take_rows, out_shardings=rollout_sh)
-    return Programs(jitted={"sample": sample, "score": score, "update": update,
-                            "generate": generate.jitted, "take_rows": take},
-                    sample=sample, score=score, update=update, generate=generate,
-                    take_rows=take)
+    return Programs(
+        jitted={
+            "sample": sample,
+            "score": score,
+            "update": update,
+            "generate": generate.jitted,
+            "take_rows": take,
+        },
+        sample=sample,
+        score=score,
+        update=update,
+        generate=generate,
+        take_rows=take,
+    )
 
 
 def _take_rows(rollouts: list[Rollout], idx_B) -> Rollout:
@@ -161,14 +213,22 @@ class _Generator:
     jitted: Any
 
     def __call__(self, params, prompts: Prompts, key, temperature: float) -> Rollout:
-        return self.jitted(params, prompts, jax.random.key_data(key), 0,
-                           temperature=float(temperature))
+        return self.jitted(
+            params, prompts, jax.random.key_data(key), 0, temperature=float(temperature)
+        )
 
 
 def _generator(model: ModelConfig, s: SamplingConfig, mesh, params_sh) -> _Generator:
     def gen(params, prompts, rng_data, step, temperature):
-        return _sample(params, prompts, rng_data, step, model=model,
-                       s=dataclasses.replace(s, temperature=temperature), mesh=mesh)
+        return _sample(
+            params,
+            prompts,
+            rng_data,
+            step,
+            model=model,
+            s=dataclasses.replace(s, temperature=temperature),
+            mesh=mesh,
+        )
 
     return _Generator(jax.jit(gen, static_argnames=("temperature",)))
 
@@ -176,9 +236,18 @@ def _generator(model: ModelConfig, s: SamplingConfig, mesh, params_sh) -> _Gener
 # --------------------------------------------------------------------------- offline stages
 
 
-def make_offline_programs(loss_fn: Callable, eval_fn: Callable | None, *, optimizer,
-                          micro_batches: int, mesh, state, batch, frozen=None,
-                          denom_fn: Callable | None = None) -> Programs:
+def make_offline_programs(
+    loss_fn: Callable,
+    eval_fn: Callable | None,
+    *,
+    optimizer,
+    micro_batches: int,
+    mesh,
+    state,
+    batch,
+    frozen=None,
+    denom_fn: Callable | None = None,
+) -> Programs:
     """The update and evaluation of an offline stage (SFT, DPO, reward model).
 
     `loss_fn(params, frozen, batch, denom) -> (loss, metrics)` on a micro-batch (`denom` as in
@@ -192,12 +261,17 @@ def make_offline_programs(loss_fn: Callable, eval_fn: Callable | None, *, optimi
     batch_sh = rows_sharding(batch, mesh)
 
     def step(st, fz, b):
-        policy, metrics = upd.accumulate_update(st.policy, optimizer, loss_fn, b,
-                                                micro_batches, frozen=fz, denom_fn=denom_fn)
+        policy, metrics = upd.accumulate_update(
+            st.policy, optimizer, loss_fn, b, micro_batches, frozen=fz, denom_fn=denom_fn
+        )
         return dataclasses.replace(st, policy=policy, step=st.step + 1), metrics
 
-    update = jax.jit(step, donate_argnums=0, in_shardings=(state_sh, frozen_sh, batch_sh),
-                     out_shardings=(state_sh, rep))
+    update = jax.jit(
+        step,
+        donate_argnums=0,
+        in_shardings=(state_sh, frozen_sh, batch_sh),
+        out_shardings=(state_sh, rep),
+    )
     jitted = {"update": update}
     evaluate = None
     if eval_fn is not None:

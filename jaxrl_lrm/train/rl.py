@@ -38,18 +38,29 @@ class StepOutput:
 
 def host_completions(rollout, T: int) -> tuple[np.ndarray, np.ndarray]:
     """This process's completion tokens and mask, copied to the host (to detokenize)."""
-    return (sharding.host_rows(rollout.tokens_BL[:, -T:]),
-            sharding.host_rows(rollout.attn_BL[:, -T:]))
+    return (
+        sharding.host_rows(rollout.tokens_BL[:, -T:]),
+        sharding.host_rows(rollout.attn_BL[:, -T:]),
+    )
 
 
 def to_device(scores: Scores, mesh, keep_N: np.ndarray | None = None) -> Rewards:
     """The step's one host-to-device transfer: the rewards of this process's rows."""
-    return sharding.shard_batch(Rewards(rewards_B=scores.total_N, dense_BT=scores.dense_NT,
-                                        keep_B=keep_N), mesh)
+    return sharding.shard_batch(
+        Rewards(rewards_B=scores.total_N, dense_BT=scores.dense_NT, keep_B=keep_N), mesh
+    )
 
 
-def rl_step(programs: Programs, state: TrainState, ref_params, prompts: Prompts,
-            score: ScoreFn, *, mesh, T: int) -> tuple[TrainState, StepOutput]:
+def rl_step(
+    programs: Programs,
+    state: TrainState,
+    ref_params,
+    prompts: Prompts,
+    score: ScoreFn,
+    *,
+    mesh,
+    T: int,
+) -> tuple[TrainState, StepOutput]:
     """One RL step from device-placed `prompts` (each prompt repeated G times).
 
     Args:

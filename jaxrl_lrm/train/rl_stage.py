@@ -80,18 +80,27 @@ def _update_config(config: Config, spec, model_config, prompt_len: int):
     optimizer, schedule = make_optimizer(OptimizerConfig.of(c, total_updates=updates))
     value_opt = None
     if spec.uses_value:
-        value_opt, _ = make_optimizer(OptimizerConfig.of(
-            c, lr=spec.value_lr or c.lr, total_updates=updates))
+        value_opt, _ = make_optimizer(
+            OptimizerConfig.of(c, lr=spec.value_lr or c.lr, total_updates=updates)
+        )
     ctrl = None
     if spec.kl_target is not None and spec.kl_in_reward and spec.beta > 0:
-        ctrl = losses.AdaptiveKLController(init_kl_coef=spec.beta, target=spec.kl_target,
-                                           horizon=spec.kl_horizon)
-    cfg = RLUpdateConfig(model=model_config, spec=spec, optimizer=optimizer,
-                         value_optimizer=value_opt, prompt_len=prompt_len,
-                         max_new_tokens=config.sampling.max_new_tokens,
-                         temperature=config.sampling.temperature, epochs=c.ppo_epochs,
-                         minibatches=c.minibatches, micro_batches=c.micro_batches,
-                         kl_controller=ctrl)
+        ctrl = losses.AdaptiveKLController(
+            init_kl_coef=spec.beta, target=spec.kl_target, horizon=spec.kl_horizon
+        )
+    cfg = RLUpdateConfig(
+        model=model_config,
+        spec=spec,
+        optimizer=optimizer,
+        value_optimizer=value_opt,
+        prompt_len=prompt_len,
+        max_new_tokens=config.sampling.max_new_tokens,
+        temperature=config.sampling.temperature,
+        epochs=c.ppo_epochs,
+        minibatches=c.minibatches,
+        micro_batches=c.micro_batches,
+        kl_controller=ctrl,
+    )
     return cfg, schedule
 
 
@@ -109,26 +118,58 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     template = "plain" if task is not None and c.data.template == "auto" else c.data.template
     text = host.Text(tokenizer, template, c.data.max_prompt_len)
     ucfg, schedule = _update_config(c, spec, policy.config, c.data.max_prompt_len)
-    value_params = setup.build_value_params(c, policy.replace(params=params), mesh) \
-        if spec.uses_value else None
+    value_params = (
+        setup.build_value_params(c, policy.replace(params=params), mesh)
+        if spec.uses_value
+        else None
+    )
     ref = _reference(c, spec, params)
-    state = init_state(params, optimizer=ucfg.optimizer, mesh=mesh, seed=c.seed,
-                       kl_coef=spec.beta, value_params=value_params,
-                       value_optimizer=ucfg.value_optimizer)
+    state = init_state(
+        params,
+        optimizer=ucfg.optimizer,
+        mesh=mesh,
+        seed=c.seed,
+        kl_coef=spec.beta,
+        value_params=value_params,
+        value_optimizer=ucfg.value_optimizer,
+    )
     del params, value_params, policy
     rows = c.train.prompts_per_step * spec.group_size * jax.process_count()
-    samp = SamplingConfig(max_new_tokens=c.sampling.max_new_tokens,
-                          temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                          top_p=c.sampling.top_p, eos_id=tokenizer.eos_id,
-                          pad_id=tokenizer.pad_id)
-    programs = make_rl_programs(ucfg, samp, mesh, state=state, ref_params=ref, rows=rows,
-                                dense=bool(token_fns), keep=spec.dynamic_sampling)
-    return RLSetup(config=c, mesh=mesh, task=task, text=text, model_config=ucfg.model,
-                   spec=spec, scalar_fns=scalar_fns, token_fns=token_fns,
-                   train_rows=sources.make_source(c.data, "train", seed=c.seed),
-                   eval_rows=sources.make_source(c.data, "eval", seed=c.seed),
-                   programs=programs, state=state, ref_params=ref, schedule=schedule,
-                   update_config=ucfg)
+    samp = SamplingConfig(
+        max_new_tokens=c.sampling.max_new_tokens,
+        temperature=c.sampling.temperature,
+        top_k=c.sampling.top_k,
+        top_p=c.sampling.top_p,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+    )
+    programs = make_rl_programs(
+        ucfg,
+        samp,
+        mesh,
+        state=state,
+        ref_params=ref,
+        rows=rows,
+        dense=bool(token_fns),
+        keep=spec.dynamic_sampling,
+    )
+    return RLSetup(
+        config=c,
+        mesh=mesh,
+        task=task,
+        text=text,
+        model_config=ucfg.model,
+        spec=spec,
+        scalar_fns=scalar_fns,
+        token_fns=token_fns,
+        train_rows=sources.make_source(c.data, "train", seed=c.seed),
+        eval_rows=sources.make_source(c.data, "eval", seed=c.seed),
+        programs=programs,
+        state=state,
+        ref_params=ref,
+        schedule=schedule,
+        update_config=ucfg,
+    )
 
 
 def with_params(s: RLSetup, params) -> RLSetup:
@@ -137,31 +178,34 @@ def with_params(s: RLSetup, params) -> RLSetup:
     if s.state.value is not None:
         raise ValueError("with_params: runs with a value model are rebuilt with build()")
     c, u = s.config, s.update_config
-    state = init_state(params, optimizer=u.optimizer, mesh=s.mesh, seed=c.seed,
-                       kl_coef=s.spec.beta)
+    state = init_state(params, optimizer=u.optimizer, mesh=s.mesh, seed=c.seed, kl_coef=s.spec.beta)
     return dataclasses.replace(s, state=state, ref_params=_reference(c, s.spec, params))
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def complete(s: RLSetup, params, rows: list[dict], temperature: float, n: int,
-             key=None) -> list[str]:
+def complete(
+    s: RLSetup, params, rows: list[dict], temperature: float, n: int, key=None
+) -> list[str]:
     """`n` completions per row (row-major), decoded to text."""
     _, ids, mask = s.text.encode(rows, n)
     key = jax.random.key(0) if key is None else key
     prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
     out = s.programs.generate(params, prompts, key, temperature)
     T = s.config.sampling.max_new_tokens
-    return s.text.decode(sharding.host_rows(out.tokens_BL[:, -T:]),
-                         sharding.host_rows(out.attn_BL[:, -T:]))
+    return s.text.decode(
+        sharding.host_rows(out.tokens_BL[:, -T:]), sharding.host_rows(out.attn_BL[:, -T:])
+    )
 
 
 def correct(s: RLSetup, rows: list[dict], completions: list[str]) -> list[bool]:
     """Correctness for evaluation: the first scalar reward function gives >= 0.5."""
     if not s.scalar_fns:
-        raise ValueError("evaluation needs a scalar reward function (rewards.functions lists "
-                         "only token-level ones)")
+        raise ValueError(
+            "evaluation needs a scalar reward function (rewards.functions lists "
+            "only token-level ones)"
+        )
     _, fn, _ = s.scalar_fns[0]
     cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     return [float(x) >= 0.5 for x in fn([r["prompt"] for r in rows], completions, **cols)]
@@ -176,12 +220,17 @@ def extract(s: RLSetup, completion: str):
 def evaluate(s: RLSetup, params, rows: list[dict] | None = None, key=None):
     """`(metrics, samples)`: greedy accuracy, pass@k and maj@k on held-out rows."""
     rows = s.eval_subset() if rows is None else rows
-    key = jax.random.fold_in(jax.random.key(s.config.seed), EVAL_SEED_OFFSET) \
-        if key is None else key
+    key = (
+        jax.random.fold_in(jax.random.key(s.config.seed), EVAL_SEED_OFFSET) if key is None else key
+    )
     return evaluation.evaluate(
-        rows, complete=lambda rs, t, n: complete(s, params, rs, t, n, key),
-        correct=lambda rs, cs: correct(s, rs, cs), extract=lambda x: extract(s, x),
-        k=s.config.eval.k, temperature=s.config.eval.temperature)
+        rows,
+        complete=lambda rs, t, n: complete(s, params, rs, t, n, key),
+        correct=lambda rs, cs: correct(s, rs, cs),
+        extract=lambda x: extract(s, x),
+        k=s.config.eval.k,
+        temperature=s.config.eval.temperature,
+    )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -190,11 +239,20 @@ def evaluate(s: RLSetup, params, rows: list[dict] | None = None, key=None):
 def stage(s: RLSetup) -> Stage:
     """The loop's view of an RL run: one `rl_step` (or `dapo_step`) per step."""
     c, G, T = s.config, s.group_size, s.config.sampling.max_new_tokens
-    iterator = PromptIterator(s.train_rows, c.train.prompts_per_step, c.seed,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
-    executor = RewardExecutor(s.scalar_fns, num_workers=c.rewards.num_workers,
-                              timeout_s=c.rewards.timeout_s) if s.scalar_fns else None
+    iterator = PromptIterator(
+        s.train_rows,
+        c.train.prompts_per_step,
+        c.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    executor = (
+        RewardExecutor(
+            s.scalar_fns, num_workers=c.rewards.num_workers, timeout_s=c.rewards.timeout_s
+        )
+        if s.scalar_fns
+        else None
+    )
     updates_per_step = c.train.ppo_epochs * c.train.minibatches
     weights = {name: w for name, _, w in s.scalar_fns}
 
@@ -202,29 +260,50 @@ def stage(s: RLSetup) -> Stage:
         rows = iterator.next_batch()
         texts, ids, mask = s.text.encode(rows, G)
         prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
-        return prompts, lambda toks, m: host.score(s.text, executor, s.token_fns, rows, G,
-                                                   texts, toks, m)
+        return prompts, lambda toks, m: host.score(
+            s.text, executor, s.token_fns, rows, G, texts, toks, m
+        )
 
     def step(state: TrainState, k: int):
         prompts, score = prompts_and_score()
         if s.spec.dynamic_sampling:
-            state, out = dapo_step(s.programs, state, s.ref_params, prompts, score,
-                                   prompts_and_score, mesh=s.mesh, T=T, G=G,
-                                   max_rounds=s.spec.max_gen_rounds, weights=weights)
+            state, out = dapo_step(
+                s.programs,
+                state,
+                s.ref_params,
+                prompts,
+                score,
+                prompts_and_score,
+                mesh=s.mesh,
+                T=T,
+                G=G,
+                max_rounds=s.spec.max_gen_rounds,
+                weights=weights,
+            )
         else:
-            state, out = rl_step(s.programs, state, s.ref_params, prompts, score, mesh=s.mesh,
-                                 T=T)
-        metrics = {**out.metrics, **host.reward_metrics(out.scores, out.mask_NT, G),
-                   "lr": float(s.schedule(int(k * updates_per_step))),
-                   "rows": float(len(out.mask_NT))}
+            state, out = rl_step(s.programs, state, s.ref_params, prompts, score, mesh=s.mesh, T=T)
+        metrics = {
+            **out.metrics,
+            **host.reward_metrics(out.scores, out.mask_NT, G),
+            "lr": float(s.schedule(int(k * updates_per_step))),
+            "rows": float(len(out.mask_NT)),
+        }
         return state, metrics
 
     def post(metrics: dict) -> dict:
         rows = metrics.pop("rows")
-        metrics["tokens_per_s"] = metrics["response_length/mean"] * rows / max(
-            metrics["time/step_s"], 1e-9)
+        metrics["tokens_per_s"] = (
+            metrics["response_length/mean"] * rows / max(metrics["time/step_s"], 1e-9)
+        )
         return metrics
 
-    return Stage(name="rl", state=s.state, step=step, data=iterator, programs=s.programs,
-                 evaluate=lambda st: evaluate(s, st.params)[0], post=post,
-                 on_close=executor.close if executor is not None else None)
+    return Stage(
+        name="rl",
+        state=s.state,
+        step=step,
+        data=iterator,
+        programs=s.programs,
+        evaluate=lambda st: evaluate(s, st.params)[0],
+        post=post,
+        on_close=executor.close if executor is not None else None,
+    )

@@ -37,18 +37,27 @@ def resolve_task(name: str, args: dict) -> TaskInfo:
     """A procedural task by name: the demo's `addition`, or one of `data.tasks.TASKS`."""
     if name in DEMO_TASKS:
         task = DEMO_TASKS[name](**args)
-        return TaskInfo(generate=task.generate, reward_fn=demo_task.addition_reward,
-                        extract=lambda s: demo_task.extract(s, task.digits),
-                        sft_examples=task.sft_examples, alphabet=demo_task.ALPHABET)
+        return TaskInfo(
+            generate=task.generate,
+            reward_fn=demo_task.addition_reward,
+            extract=lambda s: demo_task.extract(s, task.digits),
+            sft_examples=task.sft_examples,
+            alphabet=demo_task.ALPHABET,
+        )
     task = tasks.get_task(name)
     task_config = task.config(**args)
-    return TaskInfo(generate=lambda n, seed: task.generate(n, seed, task_config),
-                    reward_fn=task.reward, extract=extract_final_answer)
+    return TaskInfo(
+        generate=lambda n, seed: task.generate(n, seed, task_config),
+        reward_fn=task.reward,
+        extract=extract_final_answer,
+    )
 
 
 # A character set wide enough for the procedural tasks' prompts and answers.
-DEFAULT_ALPHABET = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                    " +-*/=()[]{}<>.,:;!?'\"#%&_^|\\$@~`\n")
+DEFAULT_ALPHABET = (
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    " +-*/=()[]{}<>.,:;!?'\"#%&_^|\\$@~`\n"
+)
 
 
 def build_tokenizer(config: Config, task: TaskInfo | None):
@@ -70,8 +79,10 @@ def build_policy(config: Config, tokenizer, mesh) -> models.Model:
     overrides["dtype"] = dtype
     model_config = models.preset(config.model.preset, **overrides)
     if model_config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model.overrides.vocab_size={model_config.vocab_size} is smaller than "
-                         f"the tokenizer's vocabulary ({tokenizer.vocab_size})")
+        raise ValueError(
+            f"model.overrides.vocab_size={model_config.vocab_size} is smaller than "
+            f"the tokenizer's vocabulary ({tokenizer.vocab_size})"
+        )
     return models.init(model_config, jax.random.key(config.seed), mesh=mesh, tokenizer=tokenizer)
 
 
@@ -87,11 +98,20 @@ def build_value_params(config: Config, policy: models.Model, mesh, *, backbone=N
     backbone = policy.params if backbone is None else backbone
     if config.algorithm.value_path is not None:
         model = load_value_model(config.algorithm.value_path, mesh=mesh)
-        shape = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                 "mlp_dim")
+        shape = (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "mlp_dim",
+        )
         if any(getattr(model.config, k) != getattr(policy.config, k) for k in shape):
-            raise ValueError(f"algorithm.value_path={config.algorithm.value_path!r}: its model "
-                             "shape differs from the policy's; expected the same backbone")
+            raise ValueError(
+                f"algorithm.value_path={config.algorithm.value_path!r}: its model "
+                "shape differs from the policy's; expected the same backbone"
+            )
         return frozen_copy(model.params)
     value = models.with_value_head(policy.replace(params=frozen_copy(backbone)))
     return sharding.on_mesh(value.params, mesh)
@@ -100,13 +120,16 @@ def build_value_params(config: Config, policy: models.Model, mesh, *, backbone=N
 def dapo_overlong(prompts, completions, *, max_len: int, cache_len: int, **columns):
     """DAPO's soft overlong punishment on `completion_lengths` (see rewards.shaping)."""
     return soft_overlong_punishment(max_len=max_len, cache_len=cache_len)(
-        prompts, completions, **columns)
+        prompts, completions, **columns
+    )
 
 
 def _import_fn(spec: str) -> Callable:
     module, _, attr = spec.partition(":")
     if not attr:
-        raise ValueError(f"reward fn {spec!r}: expected a registered name or 'module.path:function'")
+        raise ValueError(
+            f"reward fn {spec!r}: expected a registered name or 'module.path:function'"
+        )
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -130,8 +153,9 @@ def build_rewards(config: Config, task: TaskInfo | None) -> list[tuple[str, Call
     if config.algorithm.name == "dapo" and config.algorithm.overlong_cache != 0:
         max_len = config.sampling.max_new_tokens
         cache = config.algorithm.overlong_cache or max(1, max_len // 4)
-        out.append(("overlong", _Bound(dapo_overlong, {"max_len": max_len, "cache_len": cache}),
-                    1.0))
+        out.append(
+            ("overlong", _Bound(dapo_overlong, {"max_len": max_len, "cache_len": cache}), 1.0)
+        )
     return out
 
 
@@ -139,8 +163,10 @@ def _configured_rewards(config: Config, task: TaskInfo | None):
     specs = config.rewards.functions
     if not specs:
         if task is None:
-            raise ValueError("rewards.functions is empty and data.source is not a task: "
-                             "configure at least one reward function")
+            raise ValueError(
+                "rewards.functions is empty and data.source is not a task: "
+                "configure at least one reward function"
+            )
         return [("task", task.reward_fn, 1.0)]
     out = []
     names = registered_rewards()
@@ -154,8 +180,10 @@ def _configured_rewards(config: Config, task: TaskInfo | None):
         elif ":" in spec.fn:
             fn = _import_fn(spec.fn)
         else:
-            raise ValueError(f"rewards.functions fn={spec.fn!r}: expected 'task', one of "
-                             f"{sorted(names)}, or 'module.path:function'")
+            raise ValueError(
+                f"rewards.functions fn={spec.fn!r}: expected 'task', one of "
+                f"{sorted(names)}, or 'module.path:function'"
+            )
         if spec.args:
             fn = _Bound(fn, dict(spec.args))
         out.append((spec.fn.split(":")[-1], fn, spec.weight))
@@ -175,7 +203,10 @@ class _Bound:
 
 def build_model(config: Config, mesh):
     """`(task or None, tokenizer, model)` of a run's config."""
-    task = resolve_task(config.data.task, config.data.task_args) \
-        if config.data.source == "task" else None
+    task = (
+        resolve_task(config.data.task, config.data.task_args)
+        if config.data.source == "task"
+        else None
+    )
     tokenizer = build_tokenizer(config, task)
     return task, tokenizer, build_policy(config, tokenizer, mesh)

@@ -20,14 +20,17 @@ from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
 def train(config: Config, **kwargs) -> RunResult:
     """Runs the stage the config names, into `config.run_dir` (kwargs go to the stage)."""
     if config.stage == "rl":
-        s = rl_stage.build(config, mesh=kwargs.pop("mesh", None),
-                           init_params=kwargs.pop("init_params", None))
+        s = rl_stage.build(
+            config, mesh=kwargs.pop("mesh", None), init_params=kwargs.pop("init_params", None)
+        )
         run_dir = kwargs.pop("run_dir", None) or config.run_dir
         return run(config, rl_stage.stage(s), run_dir, **kwargs)
     if config.stage in offline_stage.STAGES:
         return offline_stage.run(config, **kwargs)
-    raise ValueError(f"stage={config.stage!r}: expected one of 'rl', "
-                     f"{', '.join(repr(k) for k in offline_stage.STAGES)}")
+    raise ValueError(
+        f"stage={config.stage!r}: expected one of 'rl', "
+        f"{', '.join(repr(k) for k in offline_stage.STAGES)}"
+    )
 
 
 def run_dir_of(path: str | Path) -> Path:
@@ -36,8 +39,10 @@ def run_dir_of(path: str | Path) -> Path:
     if run_dir.name == "checkpoints":
         run_dir = run_dir.parent
     if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"run_dir={str(run_dir)!r}: no config.yaml in it; expected the run "
-                         "directory of a `jaxrl-lrm train` run")
+        raise ValueError(
+            f"run_dir={str(run_dir)!r}: no config.yaml in it; expected the run "
+            "directory of a `jaxrl-lrm train` run"
+        )
     return run_dir
 
 
@@ -45,12 +50,19 @@ def _state_target(config: Config, params, mesh, *, value_params=None):
     """A train state shaped like the run's checkpoints (only its layout matters)."""
     opt, _ = make_optimizer(OptimizerConfig.of(config.train, total_updates=1))
     vopt = opt if value_params is not None else None
-    return init_state(params, optimizer=opt, mesh=mesh, seed=config.seed,
-                      value_params=value_params, value_optimizer=vopt)
+    return init_state(
+        params,
+        optimizer=opt,
+        mesh=mesh,
+        seed=config.seed,
+        value_params=value_params,
+        value_optimizer=vopt,
+    )
 
 
-def restore_params(run_dir: str | Path, step: int | None = None, *, mesh=None,
-                   overrides=()) -> tuple[Config, object, models.Model, int]:
+def restore_params(
+    run_dir: str | Path, step: int | None = None, *, mesh=None, overrides=()
+) -> tuple[Config, object, models.Model, int]:
     """`(config, tokenizer, model, step)`: the trained policy of any stage's run directory.
 
     Rebuilds the initial model from the run's `config.yaml` (a reward model gets its value head;

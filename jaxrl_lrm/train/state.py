@@ -65,10 +65,17 @@ class OptimizerConfig:
     @classmethod
     def of(cls, train, *, lr: float | None = None, total_updates: int) -> OptimizerConfig:
         """From a config's `train` section (`lr` overrides `train.lr`)."""
-        return cls(lr=train.lr if lr is None else lr, total_updates=total_updates,
-                   warmup=train.warmup_steps, schedule=train.lr_schedule,
-                   min_lr_ratio=train.min_lr_ratio, weight_decay=train.weight_decay,
-                   b1=train.b1, b2=train.b2, max_grad_norm=train.max_grad_norm)
+        return cls(
+            lr=train.lr if lr is None else lr,
+            total_updates=total_updates,
+            warmup=train.warmup_steps,
+            schedule=train.lr_schedule,
+            min_lr_ratio=train.min_lr_ratio,
+            weight_decay=train.weight_decay,
+            b1=train.b1,
+            b2=train.b2,
+            max_grad_norm=train.max_grad_norm,
+        )
 
 
 def make_optimizer(c: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -76,12 +83,16 @@ def make_optimizer(c: OptimizerConfig) -> tuple[optax.GradientTransformation, op
     total = max(c.total_updates, c.warmup + 1)
     if c.schedule == "cosine":
         sched = optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if c.warmup else c.lr, peak_value=c.lr, warmup_steps=c.warmup,
-            decay_steps=total, end_value=c.lr * c.min_lr_ratio)
+            init_value=0.0 if c.warmup else c.lr,
+            peak_value=c.lr,
+            warmup_steps=c.warmup,
+            decay_steps=total,
+            end_value=c.lr * c.min_lr_ratio,
+        )
     elif c.warmup:
         sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, c.lr, c.warmup), optax.constant_schedule(c.lr)],
-            [c.warmup])
+            [optax.linear_schedule(0.0, c.lr, c.warmup), optax.constant_schedule(c.lr)], [c.warmup]
+        )
     else:
         sched = optax.constant_schedule(c.lr)
     parts = [optax.clip_by_global_norm(c.max_grad_norm)] if c.max_grad_norm else []
@@ -93,9 +104,13 @@ def _init(policy_params, value_params, kl_coef, rng, *, optimizer, value_optimiz
     value = None
     if value_params is not None:
         value = ModelState(value_params, value_optimizer.init(value_params))
-    return TrainState(policy=ModelState(policy_params, optimizer.init(policy_params)),
-                      value=value, kl_coef=jnp.asarray(kl_coef, jnp.float32),
-                      step=jnp.zeros((), jnp.int32), rng=rng)
+    return TrainState(
+        policy=ModelState(policy_params, optimizer.init(policy_params)),
+        value=value,
+        kl_coef=jnp.asarray(kl_coef, jnp.float32),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )
 
 
 def _mirror(tree, params, param_shardings, rep):
@@ -106,8 +121,9 @@ def _mirror(tree, params, param_shardings, rep):
     def like_params(x):
         return jax.tree.structure(x) == treedef
 
-    return jax.tree.map(lambda x: param_shardings if like_params(x) else rep, tree,
-                        is_leaf=like_params)
+    return jax.tree.map(
+        lambda x: param_shardings if like_params(x) else rep, tree, is_leaf=like_params
+    )
 
 
 def state_shardings(state: TrainState, mesh) -> TrainState:
@@ -125,17 +141,28 @@ def state_shardings(state: TrainState, mesh) -> TrainState:
             s = getattr(x, "sharding", None)
             on_mesh = isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh
             return s if on_mesh else rep
+
         return jax.tree.map(one, params)
 
     return TrainState(
         policy=of_model(state.policy, shard_of(state.policy.params)),
-        value=None if state.value is None else of_model(state.value,
-                                                         shard_of(state.value.params)),
-        kl_coef=rep, step=rep, rng=rep)
+        value=None if state.value is None else of_model(state.value, shard_of(state.value.params)),
+        kl_coef=rep,
+        step=rep,
+        rng=rep,
+    )
 
 
-def init_state(policy_params, *, optimizer, mesh, seed: int, kl_coef: float = 0.0,
-               value_params=None, value_optimizer=None) -> TrainState:
+def init_state(
+    policy_params,
+    *,
+    optimizer,
+    mesh,
+    seed: int,
+    kl_coef: float = 0.0,
+    value_params=None,
+    value_optimizer=None,
+) -> TrainState:
     """A fresh `TrainState` on `mesh`, made by one jitted init whose outputs are placed by
     `state_shardings` (the optimizer moments inherit their parameters' layout). The parameters
     given are copied, never aliased: the update donates the state's buffers."""
@@ -152,6 +179,8 @@ def _with_param_shardings(abstract: TrainState, policy_params, value_params, mes
     concrete = dataclasses.replace(
         abstract,
         policy=dataclasses.replace(abstract.policy, params=policy_params),
-        value=None if value_params is None else dataclasses.replace(abstract.value,
-                                                                    params=value_params))
+        value=None
+        if value_params is None
+        else dataclasses.replace(abstract.value, params=value_params),
+    )
     return state_shardings(concrete, mesh)

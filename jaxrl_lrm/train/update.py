@@ -21,21 +21,26 @@ from jaxrl_lrm.train.state import ModelState, TrainState
 LOGPROB_CHUNK = 2048  # positions per chunk of the log-softmax (bounds the [B, T, V] logits)
 
 
-def completion_logprobs(params, config: ModelConfig, tokens_BL, attn_BL, prompt_len: int,
-                        temperature: float = 1.0):
+def completion_logprobs(
+    params, config: ModelConfig, tokens_BL, attn_BL, prompt_len: int, temperature: float = 1.0
+):
     """`(logp_BT, entropy_BT)` of the completion tokens under `softmax(logits / temperature)`,
     from hidden states in chunks so the `[B, T, V]` logits never exist at once."""
     hidden, _ = transformer.forward_hidden(params, config, tokens_BL, kv_mask_BS=attn_BL)
     return losses.chunked_token_logprobs(
-        hidden[:, prompt_len - 1:-1], transformer.output_embedding(params, config),
-        tokens_BL[:, prompt_len:], temperature=temperature, chunk_size=LOGPROB_CHUNK)
+        hidden[:, prompt_len - 1 : -1],
+        transformer.output_embedding(params, config),
+        tokens_BL[:, prompt_len:],
+        temperature=temperature,
+        chunk_size=LOGPROB_CHUNK,
+    )
 
 
 def completion_values(params, config: ModelConfig, tokens_BL, attn_BL, prompt_len: int):
     """Values `[B, T]` at the completion positions: `V[b, t]` is read from the hidden state that
     predicts completion token t (the state before the action, as in the log-probs)."""
     hidden, _ = transformer.forward_hidden(params, config, tokens_BL, kv_mask_BS=attn_BL)
-    return transformer.value_head(params, hidden[:, prompt_len - 1:-1])
+    return transformer.value_head(params, hidden[:, prompt_len - 1 : -1])
 
 
 def next_token_logprobs(params, config: ModelConfig, batch: dict):
@@ -44,8 +49,11 @@ def next_token_logprobs(params, config: ModelConfig, batch: dict):
     tokens, attn, lmask = batch["tokens_BL"], batch["attn_BL"], batch["loss_mask_BL"]
     hidden, _ = transformer.forward_hidden(params, config, tokens, kv_mask_BS=attn)
     logp, _ = losses.chunked_token_logprobs(
-        hidden[:, :-1], transformer.output_embedding(params, config), tokens[:, 1:],
-        chunk_size=LOGPROB_CHUNK)
+        hidden[:, :-1],
+        transformer.output_embedding(params, config),
+        tokens[:, 1:],
+        chunk_size=LOGPROB_CHUNK,
+    )
     return logp, lmask[:, 1:].astype(jnp.float32), hidden
 
 
@@ -56,9 +64,16 @@ def _split(tree, n: int):
     return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), tree)
 
 
-def accumulate_update(model: ModelState, optimizer, loss_fn: Callable, batch, micro_batches: int,
-                      *, frozen=None, denom_fn: Callable | None = None
-                      ) -> tuple[ModelState, dict]:
+def accumulate_update(
+    model: ModelState,
+    optimizer,
+    loss_fn: Callable,
+    batch,
+    micro_batches: int,
+    *,
+    frozen=None,
+    denom_fn: Callable | None = None,
+) -> tuple[ModelState, dict]:
     """One optimizer update of `model` over `batch` split into `micro_batches` equal slices.
 
     `loss_fn(params, frozen, micro_batch, denom) -> (loss, metrics)`. With `denom_fn` (batch ->
@@ -78,8 +93,7 @@ def accumulate_update(model: ModelState, optimizer, loss_fn: Callable, batch, mi
     grads, metrics = jax.lax.scan(micro, zeros, _split(batch, micro_batches))
     if not exact:
         grads = jax.tree.map(lambda g: g / micro_batches, grads)
-    metrics = {k: jnp.sum(v) if exact and "loss" in k else jnp.mean(v)
-               for k, v in metrics.items()}
+    metrics = {k: jnp.sum(v) if exact and "loss" in k else jnp.mean(v) for k, v in metrics.items()}
     metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, model.opt_state, model.params)
     return ModelState(optax.apply_updates(model.params, updates), opt_state), metrics
@@ -89,15 +103,26 @@ def _mask_denominators(batch) -> losses.Denominators:
     return losses.Denominators.of(batch["mask_BT"])
 
 
-def epochs_update(model: ModelState, optimizer, loss_fn: Callable, batch, *, epochs: int,
-                  minibatches: int, micro_batches: int, frozen=None,
-                  denom_fn: Callable | None = None) -> tuple[ModelState, dict]:
+def epochs_update(
+    model: ModelState,
+    optimizer,
+    loss_fn: Callable,
+    batch,
+    *,
+    epochs: int,
+    minibatches: int,
+    micro_batches: int,
+    frozen=None,
+    denom_fn: Callable | None = None,
+) -> tuple[ModelState, dict]:
     """`epochs` passes over `batch`, each `minibatches` optimizer updates with gradients
     accumulated over `micro_batches` (see `accumulate_update`); metrics averaged over all
     updates."""
+
     def one(m, mb):
-        return accumulate_update(m, optimizer, loss_fn, mb, micro_batches, frozen=frozen,
-                                 denom_fn=denom_fn)
+        return accumulate_update(
+            m, optimizer, loss_fn, mb, micro_batches, frozen=frozen, denom_fn=denom_fn
+        )
 
     per_epoch = []
     for _ in range(epochs):
@@ -133,22 +158,37 @@ class RLUpdateConfig:
 
 
 def _policy_loss(params, _, mb: dict, denom, *, cfg: RLUpdateConfig):
-    logp, ent = completion_logprobs(params, cfg.model, mb["tokens_BL"], mb["attn_BL"],
-                                    cfg.prompt_len, cfg.temperature)
+    logp, ent = completion_logprobs(
+        params, cfg.model, mb["tokens_BL"], mb["attn_BL"], cfg.prompt_len, cfg.temperature
+    )
     old = mb.get("old_logp_BT")
     # One update per step: the sampling policy is the current one, so the ratio's denominator
     # is this very forward pass (value 1, no gradient) and no extra pass is needed.
     old = jax.lax.stop_gradient(logp) if old is None else old
     return algorithms.objective(
-        cfg.spec, logp, ent, old_logp_BT=old, ref_logp_BT=mb.get("ref_logp_BT"),
-        sampler_logp_BT=mb["sampler_logp_BT"], adv_BT=mb["adv_BT"], mask_BT=mb["mask_BT"],
-        max_len=cfg.max_new_tokens, denom=denom)
+        cfg.spec,
+        logp,
+        ent,
+        old_logp_BT=old,
+        ref_logp_BT=mb.get("ref_logp_BT"),
+        sampler_logp_BT=mb["sampler_logp_BT"],
+        adv_BT=mb["adv_BT"],
+        mask_BT=mb["mask_BT"],
+        max_len=cfg.max_new_tokens,
+        denom=denom,
+    )
 
 
 def _value_loss(params, _, mb: dict, denom, *, cfg: RLUpdateConfig):
     v = completion_values(params, cfg.model, mb["tokens_BL"], mb["attn_BL"], cfg.prompt_len)
-    loss, m = losses.value_loss(v, mb["old_values_BT"], mb["returns_BT"], mb["mask_BT"],
-                                clip=cfg.spec.value_clip, denom=denom)
+    loss, m = losses.value_loss(
+        v,
+        mb["old_values_BT"],
+        mb["returns_BT"],
+        mb["mask_BT"],
+        clip=cfg.spec.value_clip,
+        denom=denom,
+    )
     return loss, {"value/loss": loss, **{f"value/{k}": x for k, x in m.items()}}
 
 
@@ -159,8 +199,9 @@ def _kl_BT(batch: RolloutBatch, spec: AlgorithmSpec):
     return s.old_logp_BT - s.ref_logp_BT
 
 
-def rl_update(state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig
-              ) -> tuple[TrainState, dict]:
+def rl_update(
+    state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig
+) -> tuple[TrainState, dict]:
     """The update of one RL step: advantages (with KL in the reward where the algorithm puts it
     there) from the batch, `epochs x minibatches` policy updates, PPO's value updates on the
     GAE returns, and the adaptive KL coefficient's step. Returns the new state (step + 1) and
@@ -171,25 +212,48 @@ def rl_update(state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig
         mask = mask * batch.rewards.keep_B[:, None]
     kl = _kl_BT(batch, spec)
     values = batch.scored.values_BT
-    adv = algorithms.advantages(spec, batch.rewards.rewards_B, mask, kl_BT=kl, values_BT=values,
-                                beta=state.kl_coef, token_rewards_BT=batch.rewards.dense_BT)
+    adv = algorithms.advantages(
+        spec,
+        batch.rewards.rewards_B,
+        mask,
+        kl_BT=kl,
+        values_BT=values,
+        beta=state.kl_coef,
+        token_rewards_BT=batch.rewards.dense_BT,
+    )
     rows = {"tokens_BL": r.tokens_BL, "attn_BL": r.attn_BL, "mask_BT": mask}
-    policy_rows = {**rows, "adv_BT": adv.adv_BT, "sampler_logp_BT": r.sampler_logp_BT,
-                   "old_logp_BT": batch.scored.old_logp_BT,
-                   "ref_logp_BT": batch.scored.ref_logp_BT}
+    policy_rows = {
+        **rows,
+        "adv_BT": adv.adv_BT,
+        "sampler_logp_BT": r.sampler_logp_BT,
+        "old_logp_BT": batch.scored.old_logp_BT,
+        "ref_logp_BT": batch.scored.ref_logp_BT,
+    }
     if not cfg.need_old:
         policy_rows["old_logp_BT"] = None  # computed for the KL in the reward only
-    kw = dict(epochs=cfg.epochs, minibatches=cfg.minibatches, micro_batches=cfg.micro_batches,
-              denom_fn=_mask_denominators)
-    policy, metrics = epochs_update(state.policy, cfg.optimizer,
-                                    lambda p, f, mb, d: _policy_loss(p, f, mb, d, cfg=cfg),
-                                    policy_rows, **kw)
+    kw = dict(
+        epochs=cfg.epochs,
+        minibatches=cfg.minibatches,
+        micro_batches=cfg.micro_batches,
+        denom_fn=_mask_denominators,
+    )
+    policy, metrics = epochs_update(
+        state.policy,
+        cfg.optimizer,
+        lambda p, f, mb, d: _policy_loss(p, f, mb, d, cfg=cfg),
+        policy_rows,
+        **kw,
+    )
     value = state.value
     if value is not None:
         value_rows = {**rows, "old_values_BT": values, "returns_BT": adv.returns_BT}
-        value, vm = epochs_update(value, cfg.value_optimizer,
-                                  lambda p, f, mb, d: _value_loss(p, f, mb, d, cfg=cfg),
-                                  value_rows, **kw)
+        value, vm = epochs_update(
+            value,
+            cfg.value_optimizer,
+            lambda p, f, mb, d: _value_loss(p, f, mb, d, cfg=cfg),
+            value_rows,
+            **kw,
+        )
         vm["value/grad_norm"] = vm.pop("grad_norm")
         metrics |= vm
         metrics["value/mean"] = losses.masked_mean(values, mask)
@@ -200,7 +264,9 @@ def rl_update(state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig
         if cfg.kl_controller is not None:
             metrics["kl/coef"] = kl_coef
             kl_coef = cfg.kl_controller.update(
-                losses.AdaptiveKLState(kl_coef=kl_coef), seq_kl, mask.shape[0]).kl_coef
-    new = dataclasses.replace(state, policy=policy, value=value, kl_coef=kl_coef,
-                              step=state.step + 1)
+                losses.AdaptiveKLState(kl_coef=kl_coef), seq_kl, mask.shape[0]
+            ).kl_coef
+    new = dataclasses.replace(
+        state, policy=policy, value=value, kl_coef=kl_coef, step=state.step + 1
+    )
     return new, metrics

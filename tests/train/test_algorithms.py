@@ -25,10 +25,24 @@ ROOT = Path(__file__).resolve().parents[2]
 # (`grad_norm` is now the policy's; the value model's is `value/grad_norm`, where before it
 # overwrote the policy's). The others are unchanged.
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "algorithms_step1.json"
-BASE = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.eval_every=0",
-        "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]", "train.lr=0.003"]
-_GOLDEN_KEYS = ("loss/total", "loss/policy", "grad_norm", "reward/mean", "entropy/mean",
-                "clip/frac", "kl/mean", "value/loss")
+BASE = [
+    "mesh.data=1",
+    "mesh.fsdp=1",
+    "mesh.tensor=1",
+    "train.eval_every=0",
+    "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
+    "train.lr=0.003",
+]
+_GOLDEN_KEYS = (
+    "loss/total",
+    "loss/policy",
+    "grad_norm",
+    "reward/mean",
+    "entropy/mean",
+    "clip/frac",
+    "kl/mean",
+    "value/loss",
+)
 
 
 def run(tmp_path, *overrides):
@@ -79,8 +93,14 @@ def test_algorithms_differ_where_their_losses_differ():
 
 def test_ppo_value_loss_falls(tmp_path):
     """A constant reward of 1: GAE returns are fixed targets, which the value model fits."""
-    history = run(tmp_path, "algorithm.name=ppo", "train.steps=10", "algorithm.value_lr=0.003",
-                  "algorithm.beta=0.0", "rewards.functions=[{fn: 'toy_rewards:constant_one'}]")
+    history = run(
+        tmp_path,
+        "algorithm.name=ppo",
+        "train.steps=10",
+        "algorithm.value_lr=0.003",
+        "algorithm.beta=0.0",
+        "rewards.functions=[{fn: 'toy_rewards:constant_one'}]",
+    )
     losses = [h["value/loss"] for h in history]
     assert losses[-1] < 0.4 * losses[0], losses
     assert history[-1]["value/mean"] > 0.3  # values moved from 0 towards the returns
@@ -90,10 +110,16 @@ def test_dapo_keeps_groups_with_mixed_correctness_then_fills():
     """Groups count as mixed by their task reward (0 < #correct < G), not by shaping terms
     such as the overlong punishment; too few mixed groups are filled with uniform ones that
     the update keeps out of every denominator (keep = 0)."""
+
     def part(correct, overlong):
         c, o = np.asarray(correct, np.float32), np.asarray(overlong, np.float32)
-        return Scores(total_N=c + o, dense_NT=None, per_fn={"f": c, dapo.OVERLONG: o},
-                      stats={"errors/f": 1.0}, completions=[f"c{x}" for x in c])
+        return Scores(
+            total_N=c + o,
+            dense_NT=None,
+            per_fn={"f": c, dapo.OVERLONG: o},
+            stats={"errors/f": 1.0},
+            completions=[f"c{x}" for x in c],
+        )
 
     weights = {"f": 1.0, dapo.OVERLONG: 1.0}
     # groups of 2; the overlong term varies inside the first group, correctness does not
@@ -120,9 +146,17 @@ def test_dapo_filler_rows_do_not_dilute_the_update():
     keep = jnp.asarray([1.0, 1.0, 0.0, 0.0])[:, None]
 
     def loss(lp, m):
-        return algorithms.objective(spec, lp, jnp.zeros_like(lp), old_logp_BT=None,
-                                    ref_logp_BT=None, sampler_logp_BT=lp, adv_BT=adv,
-                                    mask_BT=m, max_len=3)[0]
+        return algorithms.objective(
+            spec,
+            lp,
+            jnp.zeros_like(lp),
+            old_logp_BT=None,
+            ref_logp_BT=None,
+            sampler_logp_BT=lp,
+            adv_BT=adv,
+            mask_BT=m,
+            max_len=3,
+        )[0]
 
     g_keep = jax.grad(loss)(logp, mask * keep)
     g_two = jax.grad(loss)(logp[:2], mask[:2])
@@ -132,16 +166,26 @@ def test_dapo_filler_rows_do_not_dilute_the_update():
 
 def test_dapo_dynamic_sampling_stops_at_its_cap(tmp_path):
     """A reward that never varies: every round is spent, then the batch is padded."""
-    history = run(tmp_path / "flat", "algorithm.name=dapo", "train.steps=1",
-                  "algorithm.max_gen_rounds=3", "rewards.functions=[{fn: task}]",
-                  "algorithm.overlong_cache=0")  # 0 turns the (length-varying) overlong term off
+    history = run(
+        tmp_path / "flat",
+        "algorithm.name=dapo",
+        "train.steps=1",
+        "algorithm.max_gen_rounds=3",
+        "rewards.functions=[{fn: task}]",
+        "algorithm.overlong_cache=0",
+    )  # 0 turns the (length-varying) overlong term off
     assert history[0]["dapo/gen_rounds"] == 3.0
     assert history[0]["dapo/mixed_group_frac"] == 0.0
     # about half the groups carry no signal: further rounds refill the batch with mixed groups,
     # stopping as soon as it is full (before the cap)
-    history = run(tmp_path / "varied", "algorithm.name=dapo", "train.steps=2",
-                  "algorithm.max_gen_rounds=8", "algorithm.overlong_cache=0",
-                  "rewards.functions=[{fn: 'toy_rewards:ones_fraction_odd_prompts'}]")
+    history = run(
+        tmp_path / "varied",
+        "algorithm.name=dapo",
+        "train.steps=2",
+        "algorithm.max_gen_rounds=8",
+        "algorithm.overlong_cache=0",
+        "rewards.functions=[{fn: 'toy_rewards:ones_fraction_odd_prompts'}]",
+    )
     for h in history:
         assert 2.0 <= h["dapo/gen_rounds"] < 8.0
         assert h["dapo/mixed_group_frac"] == 1.0

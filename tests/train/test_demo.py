@@ -21,16 +21,29 @@ def test_addition_task_and_its_flawed_solutions():
     rows = task.generate(5, 3)
     assert rows == task.generate(5, 3) and rows[0]["prompt"].endswith("=")
     assert demo_task.addition_reward(["x"] * 3, ["0332", "332", "0222"], ["0332"] * 3) == [
-        1.0, 0.0, 0.0]
+        1.0,
+        0.0,
+        0.0,
+    ]
     with pytest.raises(ValueError, match="wrong_frac=1.5"):
         demo_task.AdditionTask(wrong_frac=1.5)
 
 
 def test_demo_pipeline_writes_its_summary(tmp_path, capsys):
     run_dir = tmp_path / "demo"
-    code = cli_main(["demo", "--run-dir", str(run_dir), "sft.steps=20", "train.steps=4",
-                     "train.eval_every=2", "eval.num_prompts=16", "train.prompts_per_step=8",
-                     "sft.control_seconds=1.0"])
+    code = cli_main(
+        [
+            "demo",
+            "--run-dir",
+            str(run_dir),
+            "sft.steps=20",
+            "train.steps=4",
+            "train.eval_every=2",
+            "eval.num_prompts=16",
+            "train.prompts_per_step=8",
+            "sft.control_seconds=1.0",
+        ]
+    )
     assert code == 0
     summary = json.loads((run_dir / "demo_summary.json").read_text())
     for key in ("sft_accuracy", "control_accuracy", "rl_accuracy", "seconds"):
@@ -41,9 +54,22 @@ def test_demo_pipeline_writes_its_summary(tmp_path, capsys):
         assert (run_dir / name).exists(), name
     assert "| GRPO with the verifiable reward |" in capsys.readouterr().out
     # a second run never resumes or overwrites the first
-    assert cli_main(["demo", "--run-dir", str(run_dir), "sft.steps=2", "train.steps=2",
-                     "train.eval_every=2", "eval.num_prompts=8", "train.prompts_per_step=8",
-                     "sft.control_seconds=0.5"]) == 0
+    assert (
+        cli_main(
+            [
+                "demo",
+                "--run-dir",
+                str(run_dir),
+                "sft.steps=2",
+                "train.steps=2",
+                "train.eval_every=2",
+                "eval.num_prompts=8",
+                "train.prompts_per_step=8",
+                "sft.control_seconds=0.5",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "demo-2" / "demo_summary.json").exists()
     assert json.loads((run_dir / "demo_summary.json").read_text()) == summary
 

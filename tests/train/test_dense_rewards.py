@@ -13,7 +13,7 @@ from jaxrl_lrm import algorithms, models, train
 from jaxrl_lrm.config import AlgorithmSection, load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer, HFTokenizer
 from jaxrl_lrm.rewards import dense
-from jaxrl_lrm.rewards import model_based as mb
+from jaxrl_lrm import scorers as mb
 from jaxrl_lrm.train import host, rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +59,9 @@ def test_hf_placement_multi_char_and_split_characters():
         assert np.flatnonzero(got).tolist() == [ref], c
 
 
-@pytest.mark.parametrize("pair", [(0, 1.0), (6, 1.0), (2.0, 1.0), (True, 1.0), (2, float("nan")),
-                                  (2, "1"), (2,), "ab"])
+@pytest.mark.parametrize(
+    "pair", [(0, 1.0), (6, 1.0), (2.0, 1.0), (True, 1.0), (2, float("nan")), (2, "1"), (2,), "ab"]
+)
 def test_bad_pairs_raise(pair):
     tok = CharTokenizer("ab")
     with pytest.raises(ValueError, match="char_end|reward|pair"):
@@ -70,7 +71,10 @@ def test_bad_pairs_raise(pair):
 def test_step_end_rewards_and_protocol():
     text = "first step\n\n  second\n\n\nthird  "
     assert dense.step_end_rewards(text, [0.1, 0.2, 0.5]) == [
-        (10, pytest.approx(0.1)), (20, pytest.approx(0.2)), (28, pytest.approx(0.5))]
+        (10, pytest.approx(0.1)),
+        (20, pytest.approx(0.2)),
+        (28, pytest.approx(0.5)),
+    ]
     assert dense.step_end_rewards("a\nb", [1, 2], mode="newline") == [(1, 1.0), (3, 2.0)]
     with pytest.raises(ValueError, match="2 step_scores for 3 steps"):
         dense.step_end_rewards(text, [0.1, 0.2])
@@ -102,8 +106,9 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
     toks = np.array([[4, 3, 4, 1, 0], [3, 999, 4, 4, 0], [4, 4, 4, 4, 4]])
     mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
     comps = ["101", "011", "11"]  # id 999 is past the vocabulary: decodes to nothing
-    d, sums, errors = host.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
-                                            [("ones", dense_toy.every_char, 0.5)])
+    d, sums, errors = host.dense_rewards(
+        tok, toks, mask, comps, ["p"] * 3, {}, [("ones", dense_toy.every_char, 0.5)]
+    )
     want = 0.5 * np.float32([[1, 0, 1, 0, 0], [0, 0, 1, 1, 0], [1, 1, 0, 0, 0]])
     np.testing.assert_array_equal(d, want)
     np.testing.assert_array_equal(sums["ones"], [2, 2, 2])
@@ -114,16 +119,28 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
         raise RuntimeError("broken on purpose")
 
     broken.token_level = True
-    d, sums, errors = host.dense_rewards(tok, toks, mask, comps, ["p"] * 3, {},
-                                            [("broken", broken, 1.0),
-                                             ("ones", dense_toy.every_char, 0.5)])
+    d, sums, errors = host.dense_rewards(
+        tok,
+        toks,
+        mask,
+        comps,
+        ["p"] * 3,
+        {},
+        [("broken", broken, 1.0), ("ones", dense_toy.every_char, 0.5)],
+    )
     np.testing.assert_array_equal(d, want)
     assert errors == {"errors/broken": 3.0} and not sums["broken"].any()
 
     # scalar functions go to the executor; token-level ones stay in the trainer's process
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [
-        "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1",
-        "rewards.functions=[{fn: task}, {fn: 'dense_toy:every_char', args: {}}]"])
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [
+            "mesh.data=1",
+            "mesh.fsdp=1",
+            "mesh.tensor=1",
+            "rewards.functions=[{fn: task}, {fn: 'dense_toy:every_char', args: {}}]",
+        ],
+    )
     task = setup.resolve_task(cfg.data.task, cfg.data.task_args)
     scalar, token = host.split_reward_fns(setup.build_rewards(cfg, task))
     assert [t[0] for t in scalar] == ["task"]
@@ -161,10 +178,13 @@ def batch():
     mask = np.ones((B, T), np.float32)
     mask[0, 4:] = 0
     mask[2, 2:] = 0
-    return dict(rewards=rng.normal(size=B).astype(np.float32), mask=mask,
-                kl=rng.normal(size=(B, T)).astype(np.float32) * mask,
-                values=rng.normal(size=(B, T)).astype(np.float32) * mask,
-                dense=rng.normal(size=(B, T)).astype(np.float32) * mask)
+    return dict(
+        rewards=rng.normal(size=B).astype(np.float32),
+        mask=mask,
+        kl=rng.normal(size=(B, T)).astype(np.float32) * mask,
+        values=rng.normal(size=(B, T)).astype(np.float32) * mask,
+        dense=rng.normal(size=(B, T)).astype(np.float32) * mask,
+    )
 
 
 def _token_rewards(b, beta):
@@ -178,26 +198,43 @@ def test_reinforce_pp_and_gae_with_token_rewards(batch):
     b, beta = batch, 0.1
     r = _token_rewards(b, beta)
     spec = algorithms.resolve(AlgorithmSection(name="reinforce_pp", beta=beta))
-    got = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                token_rewards_BT=b["dense"]).adv_BT
-    np.testing.assert_allclose(got, _np_whiten(_np_returns(r, b["mask"]), b["mask"]),
-                               rtol=1e-4, atol=1e-5)
+    got = algorithms.advantages(
+        spec, b["rewards"], b["mask"], kl_BT=b["kl"], token_rewards_BT=b["dense"]
+    ).adv_BT
+    np.testing.assert_allclose(
+        got, _np_whiten(_np_returns(r, b["mask"]), b["mask"]), rtol=1e-4, atol=1e-5
+    )
     spec = algorithms.resolve(AlgorithmSection(name="ppo", beta=beta, gamma=0.9, lam=0.8))
-    out = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                values_BT=b["values"], token_rewards_BT=b["dense"])
+    out = algorithms.advantages(
+        spec,
+        b["rewards"],
+        b["mask"],
+        kl_BT=b["kl"],
+        values_BT=b["values"],
+        token_rewards_BT=b["dense"],
+    )
     adv, ret = out.adv_BT, out.returns_BT
     ref = _np_returns(r, b["mask"], 0.9, b["values"], 0.8)
     np.testing.assert_allclose(ret, (ref + b["values"]) * b["mask"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(adv, _np_whiten(ref, b["mask"]), rtol=1e-4, atol=1e-5)
     # jitted (as inside the update) it agrees; no dense term is the old estimator exactly
-    jit = jax.jit(lambda *a: algorithms.advantages(spec, *a[:2], kl_BT=a[2], values_BT=a[3],
-                                                   beta=a[4], token_rewards_BT=a[5]))(
-        b["rewards"], b["mask"], b["kl"], b["values"], np.float32(beta), b["dense"])
+    jit = jax.jit(
+        lambda *a: algorithms.advantages(
+            spec, *a[:2], kl_BT=a[2], values_BT=a[3], beta=a[4], token_rewards_BT=a[5]
+        )
+    )(b["rewards"], b["mask"], b["kl"], b["values"], np.float32(beta), b["dense"])
     np.testing.assert_allclose(jit.adv_BT, adv, rtol=1e-5, atol=1e-6)
-    plain = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                  values_BT=b["values"])
-    zeros = algorithms.advantages(spec, b["rewards"], b["mask"], kl_BT=b["kl"],
-                                  values_BT=b["values"], token_rewards_BT=0 * b["dense"])
+    plain = algorithms.advantages(
+        spec, b["rewards"], b["mask"], kl_BT=b["kl"], values_BT=b["values"]
+    )
+    zeros = algorithms.advantages(
+        spec,
+        b["rewards"],
+        b["mask"],
+        kl_BT=b["kl"],
+        values_BT=b["values"],
+        token_rewards_BT=0 * b["dense"],
+    )
     np.testing.assert_array_equal(plain.adv_BT, zeros.adv_BT)
 
 
@@ -208,12 +245,12 @@ def test_group_estimators_sum_dense_rewards_per_row(batch):
     spec = algorithms.resolve(AlgorithmSection(name="grpo", group_size=2))
     got = algorithms.advantages(spec, b["rewards"], b["mask"], token_rewards_BT=b["dense"])
     want = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(got.adv_BT, want.reshape(-1, 1) * b["mask"], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(got.adv_BT, want.reshape(-1, 1) * b["mask"], rtol=1e-4, atol=1e-5)
     spec = algorithms.resolve(AlgorithmSection(name="rloo", group_size=2))
     got = algorithms.advantages(spec, b["rewards"], b["mask"], token_rewards_BT=b["dense"])
-    np.testing.assert_allclose(got.adv_BT, (g - g[:, ::-1]).reshape(-1, 1) * b["mask"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got.adv_BT, (g - g[:, ::-1]).reshape(-1, 1) * b["mask"], rtol=1e-5, atol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -234,25 +271,40 @@ def _train(tmp_path, monkeypatch, *extra):
 
     monkeypatch.setattr(rl, "to_device", rec_to_device)
     monkeypatch.setattr(rl, "host_completions", rec_host)
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [
-        "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.eval_every=0", "train.steps=2",
-        "algorithm.name=ppo", "algorithm.beta=0.0", *extra])
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [
+            "mesh.data=1",
+            "mesh.fsdp=1",
+            "mesh.tensor=1",
+            "train.eval_every=0",
+            "train.steps=2",
+            "algorithm.name=ppo",
+            "algorithm.beta=0.0",
+            *extra,
+        ],
+    )
     history = train.run_rl(cfg, run_dir=tmp_path, quiet=True).history
     return history, seen
 
 
 def test_trainer_feeds_dense_rewards_to_gae(tmp_path, monkeypatch):
     dense_toy.CALLS.clear()
-    history, seen = _train(tmp_path / "dense", monkeypatch, "rewards.functions=[{fn: task}, "
-                           "{fn: 'dense_toy:every_char', weight: 0.5}]")
+    history, seen = _train(
+        tmp_path / "dense",
+        monkeypatch,
+        "rewards.functions=[{fn: task}, {fn: 'dense_toy:every_char', weight: 0.5}]",
+    )
     assert len(dense_toy.CALLS) == 2 and len(seen["scores"]) == 2
     tok = CharTokenizer(setup.resolve_task("addition", {"digits": 2}).alphabet)
-    for h, comps, sc, (toks, smask) in zip(history, dense_toy.CALLS, seen["scores"],
-                                          seen["tokens"]):
+    for h, comps, sc, (toks, smask) in zip(
+        history, dense_toy.CALLS, seen["scores"], seen["tokens"]
+    ):
         assert comps == sc.completions
         dense_arg = sc.dense_NT
-        assert h["reward/dense_mean"] == pytest.approx(np.mean([0.5 * c.count("1")
-                                                                for c in comps]), abs=1e-6)
+        assert h["reward/dense_mean"] == pytest.approx(
+            np.mean([0.5 * c.count("1") for c in comps]), abs=1e-6
+        )
         # independently: 0.5 on every sampled token that decodes to '1', 0 elsewhere
         want = np.zeros(toks.shape, np.float32)
         for i, j in zip(*np.nonzero(smask)):

@@ -19,13 +19,14 @@ from jaxrl_lrm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo.yaml"
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "head_dim": 16,
-        "mlp_dim": 64}
+TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "head_dim": 16, "mlp_dim": 64}
 
 
 def _config(tmp_path, *overrides):
-    return load_config(CONFIG, [f"run_dir={tmp_path}", f"data.path={ROOT}/tests/fixtures/pairs/"
-                                "prefs.jsonl", *overrides])
+    return load_config(
+        CONFIG,
+        [f"run_dir={tmp_path}", f"data.path={ROOT}/tests/fixtures/pairs/prefs.jsonl", *overrides],
+    )
 
 
 def _np_log_softmax(x):
@@ -35,8 +36,9 @@ def _np_log_softmax(x):
 
 def _np_seq_logp(params, config, enc, P):
     """Sum of completion-token log-probs from the full float32 logits, in NumPy."""
-    logits, _ = transformer.forward(params, config, jnp.asarray(enc["tokens_BL"]),
-                                    kv_mask_BS=jnp.asarray(enc["attn_BL"]))
+    logits, _ = transformer.forward(
+        params, config, jnp.asarray(enc["tokens_BL"]), kv_mask_BS=jnp.asarray(enc["attn_BL"])
+    )
     lp = _np_log_softmax(np.asarray(logits, np.float64))
     tok, m = enc["tokens_BL"], enc["loss_mask_BL"]
     out = np.zeros(tok.shape[0])
@@ -55,8 +57,9 @@ def test_dpo_terms_match_numpy():
     triples = [("p:", "aab", "b"), ("pa:", "c", "dddd"), ("p:", "abcd", "ab")]
     P, T, beta, ls = 4, 5, 0.5, 0.1
     enc = dpo.encode_preferences(triples, tok, P, T)
-    terms = jax.jit(lambda p, r, b: dpo.dpo_terms(p, r, config, b, prompt_len=P, beta=beta,
-                                                  label_smoothing=ls))(policy, ref, enc)
+    terms = jax.jit(
+        lambda p, r, b: dpo.dpo_terms(p, r, config, b, prompt_len=P, beta=beta, label_smoothing=ls)
+    )(policy, ref, enc)
     side = {s: {k[:-2]: v for k, v in enc.items() if k.endswith(s)} for s in ("_c", "_r")}
     c, r = (_np_seq_logp(policy, config, side[s], P) for s in ("_c", "_r"))
     rc, rr = (_np_seq_logp(ref, config, side[s], P) for s in ("_c", "_r"))
@@ -72,8 +75,7 @@ def test_dpo_terms_match_numpy():
 
 
 def test_dpo_starts_at_log2_and_learns(tmp_path):
-    config = _config(tmp_path, "train.steps=30", "train.eval_every=0",
-                     "train.checkpoint_every=0")
+    config = _config(tmp_path, "train.steps=30", "train.eval_every=0", "train.checkpoint_every=0")
     result = stages.train(config, quiet=True)
     h = result.history
     # Policy == reference at step 0: h = 0 exactly, so the loss is -log sigmoid(0) = log 2.
@@ -116,11 +118,21 @@ def test_bad_dpo_inputs_raise(tmp_path):
 def test_sft_export_chains_into_dpo(tmp_path):
     """SFT on a JSONL file -> export (HF layout) -> DPO with model.path: the policy and the
     reference both start from the SFT weights, so the first DPO loss is log 2."""
-    sft = load_config(ROOT / "configs" / "sft.yaml", [
-        f"run_dir={tmp_path / 'sft'}", "data.source=jsonl",
-        f"data.path={ROOT}/tests/fixtures/pairs/reverse.jsonl", "data.template=plain",
-        "data.eval_size=0", "sampling.max_new_tokens=9", "data.max_prompt_len=10",
-        "train.steps=2", "train.checkpoint_every=0", "train.eval_every=0"])
+    sft = load_config(
+        ROOT / "configs" / "sft.yaml",
+        [
+            f"run_dir={tmp_path / 'sft'}",
+            "data.source=jsonl",
+            f"data.path={ROOT}/tests/fixtures/pairs/reverse.jsonl",
+            "data.template=plain",
+            "data.eval_size=0",
+            "sampling.max_new_tokens=9",
+            "data.max_prompt_len=10",
+            "train.steps=2",
+            "train.checkpoint_every=0",
+            "train.eval_every=0",
+        ],
+    )
     sft_result = stages.train(sft)
     out = tmp_path / "sft_hf"
     assert stages.export(tmp_path / "sft", out) == 2
@@ -129,7 +141,18 @@ def test_sft_export_chains_into_dpo(tmp_path):
     tokens = jnp.asarray([[5, 6, 7, 8]])
     np.testing.assert_allclose(
         models.logits(loaded, tokens),
-        models.logits(loaded.replace(params=sft_result.params), tokens), rtol=1e-6, atol=1e-6)
-    result = stages.train(_config(tmp_path / "dpo", f"model.path={out}", "model.preset=null",
-                                "train.steps=1", "data.eval_size=0"), quiet=True)
+        models.logits(loaded.replace(params=sft_result.params), tokens),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    result = stages.train(
+        _config(
+            tmp_path / "dpo",
+            f"model.path={out}",
+            "model.preset=null",
+            "train.steps=1",
+            "data.eval_size=0",
+        ),
+        quiet=True,
+    )
     assert abs(result.history[0]["dpo/loss"] - math.log(2)) < 1e-6

@@ -21,16 +21,31 @@ def test_grpo_from_hf_checkpoint_on_jsonl_then_export(tmp_path):
     data = tmp_path / "math.jsonl"
     with open(data, "w") as f:
         for i in range(40):
-            f.write(json.dumps({"question": f"What is {i} + {i + 1}?", "gold": str(2 * i + 1)})
-                    + "\n")
+            f.write(
+                json.dumps({"question": f"What is {i} + {i + 1}?", "gold": str(2 * i + 1)}) + "\n"
+            )
     run_dir = tmp_path / "run"
     overrides = [
-        f"model.path={ROOT / 'tests' / 'fixtures' / 'qwen2'}", "model.preset=null",
-        "data.source=jsonl", f"data.path={data}", "data.prompt_field=question",
-        "data.answer_field=gold", "data.template=chat", "data.max_prompt_len=32",
-        "data.eval_size=8", "rewards.functions=[{fn: math_accuracy}, {fn: think_format}]",
-        "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.steps=2", "train.eval_every=2",
-        "eval.num_prompts=4", "eval.k=0", "sampling.max_new_tokens=6", f"run_dir={run_dir}"]
+        f"model.path={ROOT / 'tests' / 'fixtures' / 'qwen2'}",
+        "model.preset=null",
+        "data.source=jsonl",
+        f"data.path={data}",
+        "data.prompt_field=question",
+        "data.answer_field=gold",
+        "data.template=chat",
+        "data.max_prompt_len=32",
+        "data.eval_size=8",
+        "rewards.functions=[{fn: math_accuracy}, {fn: think_format}]",
+        "mesh.data=1",
+        "mesh.fsdp=1",
+        "mesh.tensor=1",
+        "train.steps=2",
+        "train.eval_every=2",
+        "eval.num_prompts=4",
+        "eval.k=0",
+        "sampling.max_new_tokens=6",
+        f"run_dir={run_dir}",
+    ]
     config = load_config(ROOT / "configs" / "smoke.yaml", overrides)
     s = rl_stage.build(config)
     assert s.text.tokenizer.chat_template is not None

@@ -1,5 +1,5 @@
 """A saved reward model plugged into RL: the `models.value_model` checkpoint format round-trips,
-GRPO's rewards are the reward model's scores (`rewards.model_based.reward_model_from_checkpoint`,
+GRPO's rewards are the reward model's scores (`scorers.reward_model_from_checkpoint`,
 in-process), and PPO's value model starts from the same checkpoint's head
 (`algorithm.value_path`)."""
 
@@ -17,13 +17,13 @@ from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.value_model import VALUE_HEAD_FILE, load_value_model, save_value_model
 from jaxrl_lrm.offline import reward_model
 from jaxrl_lrm.rewards import executor as executor_mod
-from jaxrl_lrm.rewards.model_based import RewardModelScorer
+from jaxrl_lrm.scorers import RewardModelScorer
 from jaxrl_lrm.train import rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 BASE = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "train.steps=2", "train.eval_every=0"]
-RM_FN = "jaxrl_lrm.rewards.model_based:reward_model_from_checkpoint"
+RM_FN = "jaxrl_lrm.scorers:reward_model_from_checkpoint"
 
 
 def _smoke_tokenizer():
@@ -39,8 +39,10 @@ def _tiny_rm(seed: int = 7, head_scale: float = 0.3) -> models.Model:
     policy = setup.build_policy(config, tok, mesh=None)
     model = models.init(policy.config, seed, tokenizer=tok)
     rng = np.random.default_rng(seed)
-    head = {"w": jnp.asarray(head_scale * rng.normal(size=policy.config.d_model), jnp.float32),
-            "b": jnp.asarray(0.25, jnp.float32)}
+    head = {
+        "w": jnp.asarray(head_scale * rng.normal(size=policy.config.d_model), jnp.float32),
+        "b": jnp.asarray(0.25, jnp.float32),
+    }
     return model.replace(params={**model.params, "value_head": head})
 
 
@@ -70,7 +72,9 @@ def test_value_model_round_trip(rm_dir):
 
     raw = load_file(str(path / VALUE_HEAD_FILE))
     assert {k: (v.dtype, v.shape) for k, v in raw.items()} == {
-        "w": (np.float32, (rm.config.d_model,)), "b": (np.float32, ())}
+        "w": (np.float32, (rm.config.d_model,)),
+        "b": (np.float32, ()),
+    }
     loaded = load_value_model(path)
     assert isinstance(loaded.tokenizer, CharTokenizer)
     assert loaded.tokenizer.alphabet == rm.tokenizer.alphabet
@@ -87,9 +91,10 @@ def test_value_model_round_trip(rm_dir):
     for k in ("w", "b"):
         assert sharded.params["value_head"][k].sharding == want[k]
         assert sharded.params["value_head"][k].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(sharded.params["value_head"]["w"], np.float32),
-                                  np.asarray(rm.params["value_head"]["w"].astype(jnp.bfloat16),
-                                             np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(sharded.params["value_head"]["w"], np.float32),
+        np.asarray(rm.params["value_head"]["w"].astype(jnp.bfloat16), np.float32),
+    )
 
 
 def test_value_model_errors(rm_dir, tmp_path):
@@ -105,8 +110,10 @@ def test_value_model_errors(rm_dir, tmp_path):
         load_value_model(tmp_path / "plain")
     from safetensors.numpy import save_file
 
-    save_file({"w": np.zeros((4,), np.float32), "b": np.zeros((1,), np.float32)},
-              str(tmp_path / "plain" / VALUE_HEAD_FILE))
+    save_file(
+        {"w": np.zeros((4,), np.float32), "b": np.zeros((1,), np.float32)},
+        str(tmp_path / "plain" / VALUE_HEAD_FILE),
+    )
     with pytest.raises(ValueError, match=r"'b': \(1,\).*and a scalar b"):
         load_value_model(tmp_path / "plain")
     with pytest.raises(ValueError, match="dtype='float16'"):
@@ -163,13 +170,20 @@ def test_ppo_value_model_from_reward_model(rm_dir, tmp_path, monkeypatch):
 
     def recording(rollout, T):
         toks, smask = original(rollout, T)
-        seen.append((np.asarray(rollout.tokens_BL[:, :-T]), np.asarray(rollout.attn_BL[:, :-T]),
-                     toks, smask))
+        seen.append(
+            (
+                np.asarray(rollout.tokens_BL[:, :-T]),
+                np.asarray(rollout.attn_BL[:, :-T]),
+                toks,
+                smask,
+            )
+        )
         return toks, smask
 
     monkeypatch.setattr(rl, "host_completions", recording)
-    config = load_config(SMOKE, [*BASE, "algorithm.name=ppo", f"algorithm.value_path={path}",
-                                 "algorithm.beta=0.01"])
+    config = load_config(
+        SMOKE, [*BASE, "algorithm.name=ppo", f"algorithm.value_path={path}", "algorithm.beta=0.01"]
+    )
     result = train.run_rl(config, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [1, 2]
     for h in result.history:
@@ -183,7 +197,7 @@ def test_ppo_value_model_from_reward_model(rm_dir, tmp_path, monkeypatch):
         n = int(smask[i].sum())
         seq = prompt + toks[i][:n].tolist()
         v = np.asarray(_plain_values(rm.params, rm.config, jnp.asarray([seq])))[0]
-        values += float(v[len(prompt) - 1:len(prompt) - 1 + n].sum())
+        values += float(v[len(prompt) - 1 : len(prompt) - 1 + n].sum())
         count += n
     want = values / count
     assert abs(want) > 1e-3  # a zero head would give exactly 0

@@ -25,10 +25,17 @@ def _config(run_dir, *overrides):
 
 
 def test_first_step_loss_matches_numpy_on_jsonl(tmp_path):
-    config = _config(tmp_path, "data.source=jsonl", f"data.path={REVERSE}",
-                     "data.template=plain", "data.max_prompt_len=10",
-                     "sampling.max_new_tokens=6", "train.steps=1", "train.prompts_per_step=8",
-                     "data.eval_size=0")
+    config = _config(
+        tmp_path,
+        "data.source=jsonl",
+        f"data.path={REVERSE}",
+        "data.template=plain",
+        "data.max_prompt_len=10",
+        "sampling.max_new_tokens=6",
+        "train.steps=1",
+        "train.prompts_per_step=8",
+        "data.eval_size=0",
+    )
     result = stages.train(config, quiet=True)
     # Rebuild the initial model and the first batch independently.
     rows = [json.loads(line) for line in REVERSE.read_text().splitlines()]
@@ -39,8 +46,7 @@ def test_first_step_loss_matches_numpy_on_jsonl(tmp_path):
         prompt = tok.encode(rows[i]["prompt"])
         target = tok.encode(rows[i]["completion"]) + [tok.eos_id]
         seq = jnp.asarray([prompt + target])
-        logits = np.asarray(transformer.forward(model.params, model.config, seq)[0][0],
-                            np.float64)
+        logits = np.asarray(transformer.forward(model.params, model.config, seq)[0][0], np.float64)
         logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         for k, t in enumerate(target):  # position len(prompt) - 1 + k predicts target[k]
             pos = len(prompt) - 1 + k
@@ -50,8 +56,10 @@ def test_first_step_loss_matches_numpy_on_jsonl(tmp_path):
 
 
 def test_sft_loss_falls_on_addition(tmp_path):
-    result = stages.train(_config(tmp_path, "train.steps=40", "train.eval_every=0",
-                                "train.checkpoint_every=0"), quiet=True)
+    result = stages.train(
+        _config(tmp_path, "train.steps=40", "train.eval_every=0", "train.checkpoint_every=0"),
+        quiet=True,
+    )
     h = result.history
     assert h[0]["sft/loss"] > 2.4  # ~log(15) for a random model
     assert np.mean([m["sft/loss"] for m in h[-5:]]) < 2.0
@@ -73,8 +81,17 @@ def test_sft_resume_is_exact(tmp_path):
 
 def test_cli_train_and_export(tmp_path):
     run_dir = tmp_path / "run"
-    rc = cli.main(["train", str(CONFIG), "train.steps=2", "train.checkpoint_every=0",
-                   "train.eval_every=0", "--run-dir", str(run_dir)])
+    rc = cli.main(
+        [
+            "train",
+            str(CONFIG),
+            "train.steps=2",
+            "train.checkpoint_every=0",
+            "train.eval_every=0",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
@@ -86,11 +103,22 @@ def test_cli_train_and_export(tmp_path):
     _, _, restored, step = stages.restore_params(run_dir)
     assert step == 2
     tokens = jnp.asarray([[3, 4, 5, 13, 6]])
-    np.testing.assert_allclose(models.logits(loaded, tokens), models.logits(restored, tokens),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        models.logits(loaded, tokens), models.logits(restored, tokens), rtol=1e-6, atol=1e-6
+    )
     # A bad value in the config reaches the user as exit status 2, not a traceback.
-    assert cli.main(["train", str(CONFIG), "train.prompts_per_step=100000",
-                     "--run-dir", str(tmp_path / "bad")]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                str(CONFIG),
+                "train.prompts_per_step=100000",
+                "--run-dir",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_task_pairs_use_sft_examples():

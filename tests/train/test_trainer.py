@@ -50,9 +50,14 @@ def test_golden_one_step(tmp_path):
 
 
 def test_reward_rises_on_an_easy_task(tmp_path):
-    cfg = smoke("train.steps=12", "train.eval_every=0", "train.lr=0.01",
-                "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
-                "algorithm.beta=0.0", "train.prompts_per_step=8")
+    cfg = smoke(
+        "train.steps=12",
+        "train.eval_every=0",
+        "train.lr=0.01",
+        "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
+        "algorithm.beta=0.0",
+        "train.prompts_per_step=8",
+    )
     result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     rewards = [h["reward/mean"] for h in result.history]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
@@ -93,16 +98,23 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_and_exits(tmp_path):
-    cfg = smoke("train.steps=4", "train.checkpoint_every=0", "train.eval_every=0",
-                "rewards.functions=[{fn: 'toy_rewards:sigterm_in_second_step'}]")
+    cfg = smoke(
+        "train.steps=4",
+        "train.checkpoint_every=0",
+        "train.eval_every=0",
+        "rewards.functions=[{fn: 'toy_rewards:sigterm_in_second_step'}]",
+    )
     result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert [h["step"] for h in result.history] == [1, 2]
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
 
 
 def test_failing_reward_function_does_not_stop_training(tmp_path):
-    cfg = smoke("train.steps=2", "train.eval_every=0",
-                "rewards.functions=[{fn: task}, {fn: 'toy_rewards:always_raises', weight: 0.5}]")
+    cfg = smoke(
+        "train.steps=2",
+        "train.eval_every=0",
+        "rewards.functions=[{fn: task}, {fn: 'toy_rewards:always_raises', weight: 0.5}]",
+    )
     result = train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert len(result.history) == 2
     last = result.history[-1]
@@ -117,8 +129,17 @@ def test_run_dir_layout_and_metric_names(tmp_path):
         assert (tmp_path / name).exists(), name
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    for key in ("reward/mean", "kl/mean", "entropy/mean", "response_length/mean", "time/step_s",
-                "grad_norm", "clip/frac", "groups/zero_variance_frac", "tokens_per_s"):
+    for key in (
+        "reward/mean",
+        "kl/mean",
+        "entropy/mean",
+        "response_length/mean",
+        "time/step_s",
+        "grad_norm",
+        "clip/frac",
+        "groups/zero_variance_frac",
+        "tokens_per_s",
+    ):
         assert key in records[-1], key
     assert "eval/accuracy" in records[1] and "eval/pass@2" in records[1]
     assert load_config(tmp_path / "config.yaml") == smoke()
@@ -126,11 +147,17 @@ def test_run_dir_layout_and_metric_names(tmp_path):
 
 def test_sharded_training_matches_single_device(tmp_path):
     """The same run on a 2x2x2 mesh of 8 CPU devices gives the same metrics."""
-    one = train.run_rl(smoke("train.steps=2", "train.eval_every=0"),
-                        run_dir=tmp_path / "one", quiet=True).history
-    eight = train.run_rl(load_config(SMOKE, ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
-                                              "train.steps=2", "train.eval_every=0"]),
-                          run_dir=tmp_path / "eight", quiet=True)
+    one = train.run_rl(
+        smoke("train.steps=2", "train.eval_every=0"), run_dir=tmp_path / "one", quiet=True
+    ).history
+    eight = train.run_rl(
+        load_config(
+            SMOKE,
+            ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.steps=2", "train.eval_every=0"],
+        ),
+        run_dir=tmp_path / "eight",
+        quiet=True,
+    )
     leaf = jax.tree.leaves(eight.params)[0]
     assert leaf.sharding.mesh.devices.size == 8
     for a, b in zip(one, eight.history):
@@ -141,8 +168,9 @@ def test_sharded_training_matches_single_device(tmp_path):
 def test_each_program_compiles_once_in_five_steps(tmp_path):
     """`compile/count` is cumulative per run: sample, score and update compile at step 1 and
     never again (a layout or shape that changed between steps would show up here)."""
-    result = train.run_rl(smoke("train.steps=5", "train.eval_every=0"), run_dir=tmp_path,
-                          quiet=True)
+    result = train.run_rl(
+        smoke("train.steps=5", "train.eval_every=0"), run_dir=tmp_path, quiet=True
+    )
     counts = [h["compile/count"] for h in result.history]
     assert counts == [3.0] * 5, counts
 
@@ -150,8 +178,13 @@ def test_each_program_compiles_once_in_five_steps(tmp_path):
 def test_nonfinite_state_is_never_checkpointed(tmp_path):
     """An infinite learning rate makes every parameter NaN at step 1: the run stops before a
     checkpoint is written, naming the step."""
-    cfg = smoke("train.steps=2", "train.checkpoint_every=1", "train.eval_every=0",
-                "train.lr_schedule=constant", "train.max_grad_norm=0")
+    cfg = smoke(
+        "train.steps=2",
+        "train.checkpoint_every=1",
+        "train.eval_every=0",
+        "train.lr_schedule=constant",
+        "train.max_grad_norm=0",
+    )
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float("inf")))
     with pytest.raises(train.TrainingDivergedError, match="non-finite.*step 1"):
         train.run_rl(cfg, run_dir=tmp_path, quiet=True)
@@ -164,13 +197,18 @@ def test_micro_batches_never_change_the_update(tmp_path, algo):
     loss and their gradients: the step's loss, gradient norm and parameters are those of one
     micro-batch (token-mean DAPO included, where averaging per-micro-batch means would not
     be)."""
-    over = ["train.steps=1", "train.eval_every=0", f"algorithm.name={algo}",
-            "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]"]
+    over = [
+        "train.steps=1",
+        "train.eval_every=0",
+        f"algorithm.name={algo}",
+        "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
+    ]
     if algo == "dapo":
         over += ["algorithm.max_gen_rounds=1"]
     one = train.run_rl(smoke(*over), run_dir=tmp_path / "one", quiet=True)
-    four = train.run_rl(smoke(*over, "train.micro_batches=4"), run_dir=tmp_path / "four",
-                        quiet=True)
+    four = train.run_rl(
+        smoke(*over, "train.micro_batches=4"), run_dir=tmp_path / "four", quiet=True
+    )
     for k in ("loss/total", "loss/policy", "grad_norm", "entropy/mean"):
         assert four.history[0][k] == pytest.approx(one.history[0][k], rel=1e-5, abs=1e-7), k
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):

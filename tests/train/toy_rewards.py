@@ -33,5 +33,7 @@ def constant_one(prompts, completions, **_):
 def ones_fraction_odd_prompts(prompts, completions, **_):
     """`ones_fraction` for prompts starting with an odd digit, 0 for the rest: about half the
     groups carry no signal at all (DAPO's dynamic sampling must replace them)."""
-    return [c.count("1") / max(len(c), 1) if p[:1].isdigit() and int(p[0]) % 2 else 0.0
-            for p, c in zip(prompts, completions)]
+    return [
+        c.count("1") / max(len(c), 1) if p[:1].isdigit() and int(p[0]) % 2 else 0.0
+        for p, c in zip(prompts, completions)
+    ]
