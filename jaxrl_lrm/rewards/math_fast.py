@@ -26,7 +26,7 @@ _BARE_WORDS = frozenset(
 )
 _CHOICE_GOLD_RE = re.compile(r"\(?([A-E])\)?")
 _CHOICE_RE = re.compile(r"\(?([A-E])\)?(?:[.:)]?\s.*)?|\(([A-E])\).*")
-_NUM_RE = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:e[+-]?\d{1,3})?")
+_NUM_RE = re.compile(r"[+-]?(?:(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:e[+-]?\d{1,3})?")
 _FRAC_RE = re.compile(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}|([+-]?\d+)/(\d+)")
 _UNIT_WORDS = (
     "cm m km mm kg g mg l ml s min h hr hrs sec hours hour minutes minute seconds second days day "
@@ -39,7 +39,7 @@ _UNIT_RE = re.compile(
 )
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~|\s+")
 _MAX_NUMBER_CHARS = 40
-EXACT_REL_GAP = 1e-5  # exact numbers this far apart are unequal under any rounding
+EXACT_REL_GAP = 1e-5  # numbers this far apart are unequal under Math-Verify's rounding
 SAME_REL_GAP = 1e-10  # expressions this close at every sample point are the same
 
 
@@ -175,6 +175,13 @@ def _number(s: str) -> tuple[Fraction, bool] | None:
     return (Fraction(num, den), True) if den else None
 
 
+def _readings(s: str, value: Fraction) -> list[Fraction]:
+    """`value`, and the decimal-comma reading of a number with exactly one comma."""
+    if s.count(",") == 1 and "." not in s and _NUM_RE.fullmatch(s.replace(",", ".")):
+        return [value, Fraction(s.replace(",", "."))]
+    return [value]
+
+
 def choice_letter(s: str) -> str | None:
     """The multiple-choice letter in `(B)`, `B`, `B)`, `\\text{(B)}`, `(B) 42`; else `None`."""
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", s.strip().strip("$"))
@@ -187,8 +194,9 @@ def fast_compare(pred: str, gold: str) -> bool | None:
 
     True for equal normalised strings, equal numbers (a trailing unit on the prediction
     allowed) and simple expressions with the same value at every sample point
-    (`math_numeric`); False for a wrong multiple-choice letter, two exact numbers (integers,
-    fractions) or two simple expressions that differ by more than `EXACT_REL_GAP` relatively.
+    (`math_numeric`), and tuples, sets and interval unions whose members are; False for a
+    wrong multiple-choice letter, two numbers or two simple expressions that differ by more
+    than `EXACT_REL_GAP` relatively, and tuples or sets with a member that is.
     """
     g = _CHOICE_GOLD_RE.fullmatch(gold.strip())
     if g is not None:
@@ -198,20 +206,21 @@ def fast_compare(pred: str, gold: str) -> bool | None:
         return False
     if p == q:
         return True
-    seq = _sequence_compare(_light(pred), _light(gold))
-    if seq is not None:
-        return seq
+    lp, lq = _light(pred), _light(gold)
+    for compare in (_sequence_compare, _collection_compare):
+        r = compare(lp, lq)
+        if r is not None:
+            return r
     if ", " in pred or ", " in gold:  # `32, 349` is a list, not a thousands separator
         return None
     np_, nq = _number(_UNIT_RE.sub("", p) or p), _number(q)
     if np_ is not None and nq is not None:
         if np_[0] == nq[0]:
             return True
-        if np_[1] and nq[1]:
-            scale = max(1, abs(np_[0]), abs(nq[0]))
-            if abs(np_[0] - nq[0]) > EXACT_REL_GAP * scale:
-                return False
-        return None
+        far = lambda x, y: abs(x - y) > EXACT_REL_GAP * max(1, abs(x), abs(y))  # 6 decimals
+        # `1,222` is a thousand and more, or (decimal comma) a little over one: both must differ
+        xs, ys = _readings(p, np_[0]), _readings(q, nq[0])
+        return False if all(far(x, y) for x in xs for y in ys) else None
     return _numeric_compare(_light(pred), _light(gold))
 
 
@@ -253,8 +262,41 @@ def _sequence_compare(p: str, q: str) -> bool | None:
     return None if None in results else True
 
 
+def _members(s: str) -> tuple[list[str], bool] | None:
+    """`(members, is_set)` of a set `\\{a, b\\}` or of a union `A \\cup B`; else None."""
+    parts = [x.strip() for x in re.split(r"\\cup(?![A-Za-z])", s)]
+    if len(parts) > 1:
+        return parts, False
+    if s.startswith("\\{") and s.endswith("\\}") and "\\{" not in s[2:-2] and "\\}" not in s[2:-2]:
+        return [x.strip() for x in _split_top(s[2:-2])], True
+    return None
+
+
+def _collection_compare(p: str, q: str) -> bool | None:
+    """Sets and interval unions, member by member in any order.
+
+    True when every member of each side equals one of the other side; for sets, False when
+    some member equals none of the other side's (a union's parts may be cut differently).
+    """
+    a, b = _members(p), _members(q)
+    if a is None or b is None or a[1] != b[1] or max(len(a[0]), len(b[0])) > 16:
+        return None
+    table = [[fast_compare(x, y) for y in b[0]] for x in a[0]]
+    cols = list(zip(*table))
+    if all(True in row for row in table) and all(True in col for col in cols):
+        return True
+    if a[1] and any(all(v is False for v in line) for line in table + cols):
+        return False
+    return None
+
+
 def _numeric_compare(p: str, q: str) -> bool | None:
     """Equal/unequal values of two simple expressions at the sample points (`math_numeric`)."""
+    infinities = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1}
+    ip, iq = infinities.get(p.replace(" ", "")), infinities.get(q.replace(" ", ""))
+    if ip is not None or iq is not None:  # an infinity equals only the same infinity
+        other = values(q if ip is not None else p)
+        return ip == iq if ip is not None and iq is not None else (False if other else None)
     vp, vq = values(p), values(q)
     if vp is None or vq is None:
         return None
