@@ -15,9 +15,11 @@ exception; the program exiting early, crashing or hanging fails it.
 
 import ast
 import builtins
+import importlib
 import os
 import select
 import socket
+import sys
 import time
 
 from jaxrl_lrm.rewards import _wire, sandbox
@@ -151,21 +153,45 @@ class _Rewrite(ast.NodeTransformer):
         return ast.copy_location(call, node)
 
 
-def _top_level_names(code: str) -> set[str]:
+# Standard modules whose import has side effects in the caller.
+_NO_IMPORT = frozenset(
+    {"this", "antigravity", "turtle", "turtledemo", "tkinter", "idlelib", "__hello__", "__phello__"}
+)
+
+
+def _stdlib_imports(code: str, wanted: set[str]) -> dict:
+    """`{name: value}` for the program's top-level imports of standard modules that bind a name
+    in `wanted`, imported here.
+
+    A test that reads `math` (or `isclose`) because the program imported it gets the real module,
+    not the program's copy, which the program could have patched (`math.isclose = ...`).
+    """
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return set()
-    names = set()
+        return {}
+    found = {}
     for node in tree.body:
-        for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef | ast.ClassDef) else ():
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                names.add(sub.id)
-            elif isinstance(sub, ast.alias):
-                names.add((sub.asname or sub.name).split(".")[0])
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-    return names
+        if not isinstance(node, ast.Import | ast.ImportFrom) or getattr(node, "level", 0):
+            continue
+        for alias in node.names:
+            module = node.module if isinstance(node, ast.ImportFrom) else alias.name
+            top = module.split(".")[0]
+            name = alias.asname or (alias.name if isinstance(node, ast.ImportFrom) else top)
+            if name not in wanted or top not in sys.stdlib_module_names or top in _NO_IMPORT:
+                continue
+            try:
+                if isinstance(node, ast.ImportFrom):
+                    value = getattr(importlib.import_module(module), alias.name, None)
+                    if value is None:
+                        value = importlib.import_module(f"{module}.{alias.name}")
+                else:
+                    value = importlib.import_module(module)
+                    value = value if alias.asname else importlib.import_module(top)
+                found[name] = value
+            except (ImportError, AttributeError):
+                continue
+    return found
 
 
 def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -> bool:
@@ -189,11 +215,14 @@ def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -
         fds={"rpc": theirs.detach()},
     )
     chan = _Channel(ours.fileno(), start + timeout_s)
-    defined = _top_level_names(code)
+    # Every name the test reads resolves, in this order, to its own set-up (bound when it runs),
+    # a builtin, a standard module the program imported (imported here), or the program's global.
+    # Builtins are never the program's: an `abs` of its own would judge `abs(f(x) - y) < e`.
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(dir(builtins))
+    imported = _stdlib_imports(code, names)
     env = {"__builtins__": builtins, "__name__": "__test__"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and (node.id in defined or not hasattr(builtins, node.id)):
-            env[node.id] = _Remote(chan, ["n", node.id])
+    for name in names:
+        env[name] = imported[name] if name in imported else _Remote(chan, ["n", name])
     env.update(_jaxrl_check=_check, _jaxrl_same=_same)
     try:
         try:

@@ -91,15 +91,31 @@ HARNESS_ATTACKS = {
     "    body = json.dumps({'v': ['i', hex(v)]}).encode()\n"
     "    try: os.write(3, struct.pack('>I', len(body)) + body)\n"
     "    except OSError: pass\n",
+    # The test below reads `math` without importing it, relying on the program's import.
+    "patched_stdlib_module": WRONG + "import math\nmath.isclose = lambda *a, **k: True\n",
+    "own_abs_builtin": WRONG + "abs = lambda x: 0\nsorted = lambda x: [0, 1]\n",
     "patch_builtins": WRONG
     + "import builtins\nbuiltins.AssertionError = type('X', (BaseException,), {})\n"
     "builtins.isinstance = lambda *a: True\n",
 }
 
 
+HELPER_TESTS = (
+    TESTS + "assert math.isclose(add(0.5, 0.25), 0.75)\nassert abs(add(1, 1) - 2) < 1e-9\n"
+)
+
+
 @pytest.mark.parametrize("name", sorted(HARNESS_ATTACKS))
 def test_harness_attack_scores_zero(name):
-    assert _score(HARNESS_ATTACKS[name]) == 0.0
+    assert _score(HARNESS_ATTACKS[name], HELPER_TESTS) == 0.0
+
+
+def test_test_may_use_the_programs_standard_imports():
+    assert _score("import math\ndef add(a, b):\n    return a + b\n", HELPER_TESTS) == 1.0
+    assert (
+        _score("from math import fsum as math\ndef add(a, b):\n    return a + b\n", HELPER_TESTS)
+        == 0.8
+    )  # `math` is its own name here: math.isclose is not found
 
 
 def test_io_attack_cannot_find_expected_output():
