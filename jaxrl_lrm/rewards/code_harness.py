@@ -2,9 +2,10 @@
 
 The program runs contained (`sandbox.start_run(mode="serve")`): its code executes as
 `__main__`, then a stub answers requests on a private channel. The test itself (set-up
-statements and asserts, which the program never sees) runs here, in the caller: every global
-the test reads that the program defines (or that nothing defines) is a `_Remote` stand-in, so
-`add(1, 2)` becomes one request and its reply is rebuilt from plain builtins by `_wire.decode`.
+statements and asserts, which the program never sees) runs here, in the caller. A name the test
+reads is its own set-up's, else a builtin, else a standard module the program imported (imported
+here), else a `_Remote` stand-in for the program's global, so `add(1, 2)` becomes one request and
+its reply is rebuilt from plain builtins by `_wire.decode`.
 Nothing the program returns can carry its own `__eq__`, `__bool__` or `__hash__`; anything that
 is not plain data stays on the program's side as a handle whose truth and equality are refused.
 Asserts are rewritten with `ast` into calls of `_check` (so `-O` means nothing) and each
