@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxrl_lrm import algorithms
 from jaxrl_lrm.config import ConfigError, load_config, to_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -25,6 +26,8 @@ def test_config_loads_and_starts_with_a_comment(path):
     # the resolved config round-trips through its dict form
     assert load_config(path) == config
     assert to_dict(config)["algorithm"]["name"] == config.algorithm.name
+    # its algorithm section resolves (no key the algorithm ignores; see tests/algorithms)
+    assert algorithms.resolve(config.algorithm).name == config.algorithm.name
 
 
 def test_dotted_overrides_and_errors(tmp_path):
@@ -39,6 +42,9 @@ def test_dotted_overrides_and_errors(tmp_path):
         load_config(smoke, ["train.steps=x"])
     with pytest.raises(ConfigError, match="algorithm.name='ppo2': expected one of"):
         load_config(smoke, ["algorithm.name=ppo2"])
+    with pytest.raises(ConfigError, match="algorithm.beta=0.1: 'dapo' does not use it"):
+        load_config(smoke, ["algorithm.name=dapo", "algorithm.beta=0.1"])
+    assert load_config(smoke, ["algorithm.name=cispo"]).algorithm.name == "cispo"
     with pytest.raises(ConfigError, match="sampling.top_p=1.5"):
         load_config(smoke, ["sampling.top_p=1.5"])
     with pytest.raises(ConfigError, match="not divisible"):
