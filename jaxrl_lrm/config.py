@@ -19,7 +19,6 @@ from jaxrl_lrm.algorithms.registry import NAMES as ALGORITHMS  # the one registr
 from jaxrl_lrm.algorithms.registry import check_section
 from jaxrl_lrm.algorithms.spec import explicit_keys
 
-KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 STAGES = ("rl", "sft", "dpo", "reward_model")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -42,12 +41,24 @@ class ModelSection:
     ref_dtype: str | None = None  # None: same as dtype; "bfloat16" halves the reference's memory
 
     def __post_init__(self):
-        _check(self.preset is not None or self.path is not None, "model.preset", self.preset,
-               "a preset name, or model.path set")
-        _check(self.dtype in ("float32", "bfloat16"), "model.dtype", self.dtype,
-               "'float32' or 'bfloat16'")
-        _check(self.ref_dtype in (None, "float32", "bfloat16"), "model.ref_dtype",
-               self.ref_dtype, "null, 'float32' or 'bfloat16'")
+        _check(
+            self.preset is not None or self.path is not None,
+            "model.preset",
+            self.preset,
+            "a preset name, or model.path set",
+        )
+        _check(
+            self.dtype in ("float32", "bfloat16"),
+            "model.dtype",
+            self.dtype,
+            "'float32' or 'bfloat16'",
+        )
+        _check(
+            self.ref_dtype in (None, "float32", "bfloat16"),
+            "model.ref_dtype",
+            self.ref_dtype,
+            "null, 'float32' or 'bfloat16'",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,15 +80,27 @@ class DataSection:
     eval_size: int = 128
 
     def __post_init__(self):
-        _check(self.source in ("task", "jsonl", "parquet", "tfds"), "data.source", self.source,
-               "one of 'task', 'jsonl', 'parquet', 'tfds'")
-        _check(self.template in ("auto", "chat", "r1", "plain"), "data.template", self.template,
-               "one of 'auto', 'chat', 'r1', 'plain'")
+        _check(
+            self.source in ("task", "jsonl", "parquet", "tfds"),
+            "data.source",
+            self.source,
+            "one of 'task', 'jsonl', 'parquet', 'tfds'",
+        )
+        _check(
+            self.template in ("auto", "chat", "r1", "plain"),
+            "data.template",
+            self.template,
+            "one of 'auto', 'chat', 'r1', 'plain'",
+        )
         _check(self.max_prompt_len > 0, "data.max_prompt_len", self.max_prompt_len, "> 0")
         _check(self.eval_size >= 0, "data.eval_size", self.eval_size, ">= 0")
         if self.source in ("jsonl", "parquet", "tfds"):
-            _check(self.path is not None, "data.path", self.path,
-                   f"a path for data.source={self.source!r}")
+            _check(
+                self.path is not None,
+                "data.path",
+                self.path,
+                f"a path for data.source={self.source!r}",
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,8 +113,12 @@ class MeshSection:
         for k in ("data", "fsdp", "tensor"):
             v = getattr(self, k)
             _check(v == -1 or v >= 1, f"mesh.{k}", v, "a positive integer or -1")
-        _check([self.data, self.fsdp, self.tensor].count(-1) <= 1, "mesh", dataclasses.asdict(self),
-               "at most one axis of size -1")
+        _check(
+            [self.data, self.fsdp, self.tensor].count(-1) <= 1,
+            "mesh",
+            dataclasses.asdict(self),
+            "at most one axis of size -1",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,27 +157,7 @@ class AlgorithmSection:
     def __post_init__(self):
         _check(self.name in ALGORITHMS, "algorithm.name", self.name, f"one of {ALGORITHMS}")
         _check(self.group_size >= 1, "algorithm.group_size", self.group_size, ">= 1")
-        for key, ok, expected in (
-            ("beta", lambda v: v >= 0, ">= 0"),
-            ("kl_kind", lambda v: v in KL_KINDS, f"one of {KL_KINDS}"),
-            ("clip_low", lambda v: v > 0, "> 0"),
-            ("clip_high", lambda v: v >= 0, ">= 0"),
-            ("agg", lambda v: v in AGG_MODES, f"one of {AGG_MODES}"),
-            ("dual_clip", lambda v: v > 1, "> 1"),
-            ("tis_max", lambda v: v >= 1, ">= 1"),
-            ("entropy_coef", lambda v: v >= 0, ">= 0"),
-            ("gamma", lambda v: 0 <= v <= 1, "in [0, 1]"),
-            ("lam", lambda v: 0 <= v <= 1, "in [0, 1]"),
-            ("kl_target", lambda v: v > 0, "> 0"),
-            ("kl_horizon", lambda v: v > 0, "> 0"),
-            ("max_gen_rounds", lambda v: v >= 1, ">= 1"),
-            ("value_clip", lambda v: v > 0, "> 0"),
-            ("value_lr", lambda v: v > 0, "> 0"),
-            ("overlong_cache", lambda v: v >= 0, ">= 0"),
-        ):
-            value = getattr(self, key)
-            _check(value is None or ok(value), f"algorithm.{key}", value, f"null or {expected}")
-        try:
+        try:  # value ranges, then keys the algorithm ignores (the registry's rules)
             check_section(self.name, explicit_keys(self))
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -165,8 +172,9 @@ class SamplingSection:
 
     def __post_init__(self):
         _check(self.max_new_tokens > 0, "sampling.max_new_tokens", self.max_new_tokens, "> 0")
-        _check(self.temperature > 0, "sampling.temperature", self.temperature,
-               "> 0 for RL sampling")
+        _check(
+            self.temperature > 0, "sampling.temperature", self.temperature, "> 0 for RL sampling"
+        )
         _check(self.top_k >= 0, "sampling.top_k", self.top_k, ">= 0")
         _check(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "in (0, 1]")
 
@@ -195,8 +203,12 @@ class TrainSection:
         for k in ("steps", "prompts_per_step", "ppo_epochs", "minibatches", "micro_batches"):
             _check(getattr(self, k) >= 1, f"train.{k}", getattr(self, k), ">= 1")
         _check(self.lr > 0, "train.lr", self.lr, "> 0")
-        _check(self.lr_schedule in ("cosine", "constant"), "train.lr_schedule",
-               self.lr_schedule, "'cosine' or 'constant'")
+        _check(
+            self.lr_schedule in ("cosine", "constant"),
+            "train.lr_schedule",
+            self.lr_schedule,
+            "'cosine' or 'constant'",
+        )
         for k in ("warmup_steps", "checkpoint_every", "eval_every"):
             _check(getattr(self, k) >= 0, f"train.{k}", getattr(self, k), ">= 0")
         _check(self.max_to_keep >= 1, "train.max_to_keep", self.max_to_keep, ">= 1")
@@ -264,14 +276,17 @@ class Config:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r}: expected one of {STAGES}")
         if self.algorithm.group_size < 2 and self.algorithm.name != "ppo":
-            raise ConfigError(f"algorithm.group_size={self.algorithm.group_size!r}: expected >= 2 "
-                              f"for {self.algorithm.name!r} (a group baseline needs 2 samples)")
+            raise ConfigError(
+                f"algorithm.group_size={self.algorithm.group_size!r}: expected >= 2 "
+                f"for {self.algorithm.name!r} (a group baseline needs 2 samples)"
+            )
         rows = self.train.prompts_per_step * self.algorithm.group_size
         mb = self.train.minibatches * self.train.micro_batches
         if rows % mb:
             raise ConfigError(
                 f"train.prompts_per_step*algorithm.group_size={rows} is not divisible by "
-                f"train.minibatches*train.micro_batches={mb}")
+                f"train.minibatches*train.micro_batches={mb}"
+            )
 
 
 # --------------------------------------------------------------------------- building
@@ -316,7 +331,8 @@ def _build(cls, raw: Any, prefix: str):
                 raise ConfigError(f"{key}={value!r}: expected a list of reward specs")
             kwargs[name] = tuple(
                 _build(RewardSpec, {"fn": v} if isinstance(v, str) else v, f"{key}[{i}]")
-                for i, v in enumerate(value))
+                for i, v in enumerate(value)
+            )
         else:
             wants_float = tp is float or float in typing.get_args(tp)
             if wants_float and isinstance(value, int) and not isinstance(value, bool):
@@ -392,6 +408,7 @@ def to_dict(config: Config) -> dict:
         if isinstance(x, tuple):
             return [conv(v) for v in x]
         return x
+
     return conv(config)
 
 

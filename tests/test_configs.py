@@ -12,8 +12,17 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_there_are_configs():
     names = {p.stem for p in CONFIGS}
-    assert {"smoke", "demo", "gsm8k_grpo", "ppo", "dapo", "gspo", "sft", "dpo",
-            "reward_model"} <= names
+    assert {
+        "smoke",
+        "demo",
+        "gsm8k_grpo",
+        "ppo",
+        "dapo",
+        "gspo",
+        "sft",
+        "dpo",
+        "reward_model",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -32,13 +41,22 @@ def test_config_loads_and_starts_with_a_comment(path):
 
 def test_dotted_overrides_and_errors(tmp_path):
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-    c = load_config(smoke, ["train.steps=7", "algorithm.name=rloo", "mesh.fsdp=2",
-                            "rewards.functions=[{fn: task, weight: 2}]"])
+    c = load_config(
+        smoke,
+        [
+            "train.steps=7",
+            "algorithm.name=rloo",
+            "mesh.fsdp=2",
+            "rewards.functions=[{fn: task, weight: 2}]",
+        ],
+    )
     assert (c.train.steps, c.algorithm.name, c.mesh.fsdp) == (7, "rloo", 2)
     assert c.rewards.functions[0].weight == 2.0
     with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
         load_config(smoke, ["train.stepz=3"])
-    with pytest.raises(ConfigError, match=r"train.steps='x': expected a value of type <class 'int'>"):
+    with pytest.raises(
+        ConfigError, match=r"train.steps='x': expected a value of type <class 'int'>"
+    ):
         load_config(smoke, ["train.steps=x"])
     with pytest.raises(ConfigError, match="algorithm.name='ppo2': expected one of"):
         load_config(smoke, ["algorithm.name=ppo2"])

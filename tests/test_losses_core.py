@@ -107,8 +107,9 @@ def test_kl_penalty(data, kind):
         "k2": 0.5 * d**2,
         "k3": np.exp(ref - x) - (ref - x) - 1,
         # verl's low_var_kl: k3 with ref - logp clamped to +-20, the result to +-10
-        "low_var_kl": np.clip(np.exp(np.clip(ref - x, -20, 20)) - np.clip(ref - x, -20, 20) - 1,
-                              -10, 10),
+        "low_var_kl": np.clip(
+            np.exp(np.clip(ref - x, -20, 20)) - np.clip(ref - x, -20, 20) - 1, -10, 10
+        ),
     }[kind]
     np.testing.assert_allclose(losses.kl_penalty(x, ref, kind), expected, rtol=1e-5, atol=1e-6)
 

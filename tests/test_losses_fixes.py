@@ -31,12 +31,18 @@ def test_shares_of_micro_batches_sum_to_the_whole_batch_loss(mode, n_micro):
     whole = losses.aggregate(x, mask, mode, max_len=9)
     denom = losses.Denominators.of(mask)
     k = mask.shape[0] // n_micro
-    shares = [losses.aggregate(x[i:i + k], mask[i:i + k], mode, max_len=9, denom=denom)
-              for i in range(0, mask.shape[0], k)]
+    shares = [
+        losses.aggregate(x[i : i + k], mask[i : i + k], mode, max_len=9, denom=denom)
+        for i in range(0, mask.shape[0], k)
+    ]
     np.testing.assert_allclose(sum(shares), whole, rtol=1e-6, atol=1e-7)
     # without denom, a mean of micro-batch token-means is a different number here
-    plain = np.mean([losses.aggregate(x[i:i + k], mask[i:i + k], mode, max_len=9)
-                     for i in range(0, mask.shape[0], k)])
+    plain = np.mean(
+        [
+            losses.aggregate(x[i : i + k], mask[i : i + k], mode, max_len=9)
+            for i in range(0, mask.shape[0], k)
+        ]
+    )
     if mode == "token-mean":
         assert abs(plain - float(whole)) > 1e-4
     # the whole batch's own denominators change nothing
@@ -70,8 +76,7 @@ def test_micro_batching_the_four_row_example_keeps_the_gradient():
 
     def loss(theta, mb, d=None):
         logp = theta * jnp.ones_like(mb["mask"])
-        return losses.policy_loss(logp, jax.lax.stop_gradient(logp), mb["adv"], mb["mask"],
-                                  denom=d)
+        return losses.policy_loss(logp, jax.lax.stop_gradient(logp), mb["adv"], mb["mask"], denom=d)
 
     def grad(theta, mb, d=None):
         return float(jax.grad(lambda th: loss(th, mb, d)[0])(theta))
@@ -83,8 +88,9 @@ def test_micro_batching_the_four_row_example_keeps_the_gradient():
     halves = [{k: v[i] for k, v in mbs.items()} for i in (0, 1)]
     averaged = np.mean([grad(0.0, mb) for mb in halves])
     assert averaged == pytest.approx(0.0, abs=1e-7)  # the bug the denominators fix
-    total, g, aux = losses.summed_value_and_grad(lambda th, mb: loss(th, mb, denom),
-                                                 jnp.float32(0.0), mbs)
+    total, g, aux = losses.summed_value_and_grad(
+        lambda th, mb: loss(th, mb, denom), jnp.float32(0.0), mbs
+    )
     assert float(g) == pytest.approx(want, rel=1e-6)
     assert float(total) == pytest.approx(float(loss(0.0, batch)[0]), abs=1e-7)
     assert aux["clipfrac"].shape == (2,)
@@ -99,18 +105,22 @@ def test_every_loss_passes_denominators_through(fn, mode):
     b = (a + rng.normal(scale=0.3, size=mask.shape)).astype(np.float32)
     adv = rng.normal(size=mask.shape).astype(np.float32)
     if fn == "value_loss":
+
         def f(x, sl, d=None):
             return losses.value_loss(x, b[sl], adv[sl], mask[sl], clip=0.2, agg=mode, denom=d)[0]
     else:
+
         def f(x, sl, d=None):
             return getattr(losses, fn)(x, b[sl], adv[sl], mask[sl], agg=mode, denom=d)[0]
+
     denom = losses.Denominators.of(mask)
     halves = [slice(0, 4), slice(4, 8)]
     whole_val, whole_grad = jax.value_and_grad(f)(a, slice(None))
     parts = [jax.value_and_grad(f)(a[sl], sl, denom) for sl in halves]
     np.testing.assert_allclose(sum(v for v, _ in parts), whole_val, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(np.concatenate([g for _, g in parts]), whole_grad,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.concatenate([g for _, g in parts]), whole_grad, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_split_rows_refuses_a_non_divisor():
@@ -137,7 +147,8 @@ def test_value_clipfrac_counts_only_real_clipping_and_the_gradient_matches_numpy
     inside = (v >= old - c) & (v <= old + c)
     want_grad = np.where(l1 >= l2, v - ret, np.where(inside, v_c - ret, 0.0)) / v.size
     (loss, m), grad = jax.value_and_grad(
-        lambda x: losses.value_loss(x, old, ret, mask, clip=c), has_aux=True)(v)
+        lambda x: losses.value_loss(x, old, ret, mask, clip=c), has_aux=True
+    )(v)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-9)
     assert float(m["vf_clipfrac"]) == pytest.approx(want_frac, abs=1e-6)
@@ -156,8 +167,11 @@ def test_gspo_gradient_is_zero_beyond_the_log_ratio_clamp(adv, old):
     per token; verl (and the docstring) give 0 beyond the clamp."""
     mask = np.ones((1, 4), np.float32)
     old_BT = np.full((1, 4), old, np.float32)
-    g = jax.grad(lambda lp: losses.policy_loss(lp, old_BT, np.array([adv], np.float32), mask,
-                                               ratio="sequence")[0])(jnp.zeros((1, 4)))
+    g = jax.grad(
+        lambda lp: losses.policy_loss(
+            lp, old_BT, np.array([adv], np.float32), mask, ratio="sequence"
+        )[0]
+    )(jnp.zeros((1, 4)))
     np.testing.assert_array_equal(g, np.zeros((1, 4)))
 
 
@@ -165,8 +179,11 @@ def test_gspo_gradient_inside_the_clamp_is_the_numpy_one():
     """At mean log-ratio 19 (inside), A = -1, unclipped side: d l / d logp_t = e^19 / |y|."""
     mask = np.ones((1, 4), np.float32)
     old_BT = np.full((1, 4), -19.0, np.float32)
-    g = jax.grad(lambda lp: losses.policy_loss(lp, old_BT, np.array([-1.0], np.float32), mask,
-                                               ratio="sequence")[0])(jnp.zeros((1, 4)))
+    g = jax.grad(
+        lambda lp: losses.policy_loss(
+            lp, old_BT, np.array([-1.0], np.float32), mask, ratio="sequence"
+        )[0]
+    )(jnp.zeros((1, 4)))
     np.testing.assert_allclose(g, np.full((1, 4), np.exp(19.0) / 4), rtol=1e-5)
 
 
@@ -178,8 +195,7 @@ def test_low_var_kl_is_clamped_at_ten_and_its_gradient_is_zero_there():
     ref = jnp.zeros((1, 3))
     kl = losses.kl_penalty(logp, ref, "low_var_kl")
     k3 = np.exp(0.0 - np.array([0.0, -30.0, 0.5])) + np.array([0.0, -30.0, 0.5]) - 1
-    np.testing.assert_allclose(kl, [np.clip(np.minimum(k3, np.exp(20) - 21), -10, 10)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(kl, [np.clip(np.minimum(k3, np.exp(20) - 21), -10, 10)], rtol=1e-6)
     g = jax.grad(lambda lp: losses.kl_penalty(lp, ref, "low_var_kl").sum())(logp)
     np.testing.assert_allclose(g, [[0.0, 0.0, 1.0 - np.exp(-0.5)]], rtol=1e-5, atol=1e-7)
     assert float(losses.kl_penalty(logp, ref, "k3")[0, 1]) > 1e12  # "k3" itself is unclamped
@@ -199,5 +215,6 @@ def test_reinforce_pp_discount(gamma):
     np.testing.assert_allclose(losses.reinforce_pp_returns(r, mask, gamma), want, rtol=1e-6)
     sel = want[mask > 0]
     whitened = np.where(mask > 0, (want - sel.mean()) / np.sqrt(sel.var(ddof=1) + 1e-8), 0.0)
-    np.testing.assert_allclose(losses.reinforce_pp_advantages(r, mask, gamma=gamma), whitened,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        losses.reinforce_pp_advantages(r, mask, gamma=gamma), whitened, rtol=1e-5, atol=1e-6
+    )

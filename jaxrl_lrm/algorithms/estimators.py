@@ -50,10 +50,16 @@ def _token_rewards(spec, rewards_B, mask_BT, kl_BT, beta, token_rewards_BT):
     return r
 
 
-def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array, *,
-               kl_BT: jax.Array | None = None, values_BT: jax.Array | None = None,
-               beta: jax.Array | float | None = None,
-               token_rewards_BT: jax.Array | None = None) -> Advantages:
+def advantages(
+    spec: AlgorithmSpec,
+    rewards_B: jax.Array,
+    mask_BT: jax.Array,
+    *,
+    kl_BT: jax.Array | None = None,
+    values_BT: jax.Array | None = None,
+    beta: jax.Array | float | None = None,
+    token_rewards_BT: jax.Array | None = None,
+) -> Advantages:
     """Advantages of one batch under `spec` (jit-able with `spec` static).
 
     Equations, `m` the mask, `k_t` = `kl_BT` (policy minus reference log-prob of the sampled
@@ -93,8 +99,9 @@ def advantages(spec: AlgorithmSpec, rewards_B: jax.Array, mask_BT: jax.Array, *,
             a = losses.rloo_advantages(r, spec.group_size)
         return Advantages(jnp.where(mask != 0, a[:, None] * mask, 0.0))
     if spec.advantage not in TOKEN_ESTIMATORS:
-        raise ValueError(f"advantage={spec.advantage!r}: expected one of "
-                         f"{OUTCOME_ESTIMATORS + TOKEN_ESTIMATORS}")
+        raise ValueError(
+            f"advantage={spec.advantage!r}: expected one of {OUTCOME_ESTIMATORS + TOKEN_ESTIMATORS}"
+        )
     r = _token_rewards(spec, rewards_B, mask, kl_BT, beta, token_rewards_BT)
     if spec.advantage == "reinforce_pp":
         return Advantages(losses.reinforce_pp_advantages(r, mask, gamma=spec.gamma))
@@ -114,8 +121,7 @@ def controller_kl(kl_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:
     m = jnp.asarray(mask_BT).astype(jnp.float32)
     per_row = losses.masked_mean(kl_BT, m, axis=1)
     has = (jnp.sum(m, axis=1) > 0).astype(jnp.float32)
-    return jnp.where(jnp.sum(has) > 0, jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0),
-                     0.0)
+    return jnp.where(jnp.sum(has) > 0, jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0), 0.0)
 
 
 def zero_variance_group_frac(rewards_B, group_size: int) -> float:

@@ -11,21 +11,60 @@ from jaxrl_lrm.algorithms.spec import AlgorithmSpec
 
 def _surrogate(spec: AlgorithmSpec, logp, old, adv, mask, max_len, denom):
     if spec.loss == "cispo":
-        return losses.cispo_loss(logp, old, adv, mask, clip_low=spec.clip_low,
-                                 clip_high=spec.clip_high, agg=spec.agg, max_len=max_len,
-                                 denom=denom)
+        return losses.cispo_loss(
+            logp,
+            old,
+            adv,
+            mask,
+            clip_low=spec.clip_low,
+            clip_high=spec.clip_high,
+            agg=spec.agg,
+            max_len=max_len,
+            denom=denom,
+        )
     if spec.loss != "clip":
         raise ValueError(f"loss={spec.loss!r}: expected 'clip' or 'cispo'")
-    return losses.policy_loss(logp, old, adv, mask, clip_low=spec.clip_low,
-                              clip_high=spec.clip_high, dual_clip=spec.dual_clip,
-                              ratio=spec.ratio, agg=spec.agg, max_len=max_len, denom=denom)
+    return losses.policy_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        clip_low=spec.clip_low,
+        clip_high=spec.clip_high,
+        dual_clip=spec.dual_clip,
+        ratio=spec.ratio,
+        agg=spec.agg,
+        max_len=max_len,
+        denom=denom,
+    )
 
 
-def objective(spec: AlgorithmSpec, logp_BT: jax.Array, entropy_BT: jax.Array, *,
-              old_logp_BT: jax.Array | None, ref_logp_BT: jax.Array | None,
-              sampler_logp_BT: jax.Array | None, adv_BT: jax.Array, mask_BT: jax.Array,
-              max_len: int | None, beta: jax.Array | float | None = None,
-              denom: losses.Denominators | None = None) -> tuple[jax.Array, dict]:
+def _weighted_advantages(spec: AlgorithmSpec, adv_BT, old, sampler_logp_BT, mask, shape):
+    """`A` broadcast to `[B, T]`, times the truncated importance weights under `tis_max`."""
+    adv = jnp.asarray(adv_BT, jnp.float32)
+    if adv.ndim == 1:
+        adv = jnp.broadcast_to(adv[:, None], shape)
+    if spec.tis_max is None:
+        return adv
+    if sampler_logp_BT is None:
+        raise ValueError("tis_max needs sampler_logp_BT (the sampler's log-probs)")
+    return adv * losses.truncated_importance_weights(old, sampler_logp_BT, mask, max=spec.tis_max)
+
+
+def objective(
+    spec: AlgorithmSpec,
+    logp_BT: jax.Array,
+    entropy_BT: jax.Array,
+    *,
+    old_logp_BT: jax.Array | None,
+    ref_logp_BT: jax.Array | None,
+    sampler_logp_BT: jax.Array | None,
+    adv_BT: jax.Array,
+    mask_BT: jax.Array,
+    max_len: int | None,
+    beta: jax.Array | float | None = None,
+    denom: losses.Denominators | None = None,
+) -> tuple[jax.Array, dict]:
     """The loss the policy minimises, given this pass's log-probs and entropies.
 
     Equation, every term aggregated with `spec.agg` (and `denom`, if given):
@@ -62,14 +101,7 @@ def objective(spec: AlgorithmSpec, logp_BT: jax.Array, entropy_BT: jax.Array, *,
     beta = spec.beta if beta is None else beta
     mask = mask_BT
     old = jax.lax.stop_gradient(logp_BT) if old_logp_BT is None else old_logp_BT
-    adv = jnp.asarray(adv_BT, jnp.float32)
-    if adv.ndim == 1:
-        adv = jnp.broadcast_to(adv[:, None], logp_BT.shape)
-    if spec.tis_max is not None:
-        if sampler_logp_BT is None:
-            raise ValueError("tis_max needs sampler_logp_BT (the sampler's log-probs)")
-        adv = adv * losses.truncated_importance_weights(old, sampler_logp_BT, mask,
-                                                        max=spec.tis_max)
+    adv = _weighted_advantages(spec, adv_BT, old, sampler_logp_BT, mask, logp_BT.shape)
     pg, pg_metrics = _surrogate(spec, logp_BT, old, adv, mask, max_len, denom)
     loss = pg
     metrics = {}
@@ -77,15 +109,20 @@ def objective(spec: AlgorithmSpec, logp_BT: jax.Array, entropy_BT: jax.Array, *,
         kl = losses.kl_penalty(logp_BT, ref_logp_BT, spec.kl_kind)
         metrics["kl/mean"] = losses.aggregate(kl, mask, "token-mean")
         if not spec.kl_in_reward:
-            loss = loss + beta * losses.aggregate(kl, mask, spec.agg, max_len=max_len,
-                                                  denom=denom)
+            loss = loss + beta * losses.aggregate(kl, mask, spec.agg, max_len=max_len, denom=denom)
     ent_mean = losses.aggregate(entropy_BT, mask, "token-mean")
     if spec.entropy_coef:
-        ent_term = ent_mean if denom is None else losses.aggregate(
-            entropy_BT, mask, "token-mean", denom=denom)
+        ent_term = (
+            ent_mean
+            if denom is None
+            else losses.aggregate(entropy_BT, mask, "token-mean", denom=denom)
+        )
         loss = loss - spec.entropy_coef * ent_term
-    mismatch = jnp.zeros((), jnp.float32) if sampler_logp_BT is None else losses.aggregate(
-        sampler_logp_BT - logp_BT, mask, "token-mean")
+    mismatch = (
+        jnp.zeros((), jnp.float32)
+        if sampler_logp_BT is None
+        else losses.aggregate(sampler_logp_BT - logp_BT, mask, "token-mean")
+    )
     metrics |= {
         "loss/policy": pg,
         "loss/total": loss,

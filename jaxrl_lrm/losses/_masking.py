@@ -146,8 +146,11 @@ class Denominators(NamedTuple):
         if m.ndim != 2:
             raise ValueError(f"mask must be [B, T], got shape {m.shape}")
         row_tokens = jnp.sum(m, axis=1)
-        return cls(tokens=jnp.sum(m), rows_with_tokens=jnp.sum((row_tokens > 0).astype(jnp.float32)),
-                   rows=jnp.asarray(m.shape[0], jnp.float32))
+        return cls(
+            tokens=jnp.sum(m),
+            rows_with_tokens=jnp.sum((row_tokens > 0).astype(jnp.float32)),
+            rows=jnp.asarray(m.shape[0], jnp.float32),
+        )
 
 
 def aggregate(

@@ -27,6 +27,7 @@ def split_rows(tree: Any, n: int) -> Any:
     Raises:
         ValueError: `n` does not divide a leaf's leading axis.
     """
+
     def one(x):
         x = jnp.asarray(x)
         if x.shape[0] % n:

@@ -57,8 +57,9 @@ def _ratio(logp: jax.Array, m: jax.Array, log_ratio: jax.Array, level: str) -> j
     seq_log_ratio = safe_div(jnp.sum(log_ratio, axis=1), jnp.sum(m, axis=1))
     safe_logp = jnp.where(m != 0, logp, 0.0)
     # value log s_b, gradient d logp; clamping the sum zeroes the gradient beyond +-20
-    combined = safe_logp - jax.lax.stop_gradient(safe_logp) + jax.lax.stop_gradient(
-        seq_log_ratio)[:, None]
+    combined = (
+        safe_logp - jax.lax.stop_gradient(safe_logp) + jax.lax.stop_gradient(seq_log_ratio)[:, None]
+    )
     return jnp.exp(jnp.clip(combined, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 

@@ -15,12 +15,23 @@ SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 def test_the_config_names_come_from_the_registry():
     assert config.ALGORITHMS is algorithms.NAMES
     assert set(algorithms.NAMES) == set(algorithms.REGISTRY)
-    assert {"grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp",
-            "reinforce_pp_baseline", "ppo"} == set(algorithms.NAMES)
+    assert {
+        "grpo",
+        "dr_grpo",
+        "dapo",
+        "gspo",
+        "cispo",
+        "rloo",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
+        "ppo",
+    } == set(algorithms.NAMES)
     for name, preset in algorithms.REGISTRY.items():
         assert "arXiv" in preset.source, name  # every preset states where its defaults come from
         assert preset.keys <= set(algorithms.OVERRIDABLE), name
-        assert set(preset.defaults) <= {f.name for f in dataclasses.fields(algorithms.AlgorithmSpec)}
+        assert set(preset.defaults) <= {
+            f.name for f in dataclasses.fields(algorithms.AlgorithmSpec)
+        }
 
 
 def test_every_overridable_key_defaults_to_none():
@@ -32,16 +43,28 @@ def test_every_overridable_key_defaults_to_none():
 
 # (algorithm, key, value) that the algorithm ignores or contradicts
 REFUSED = [
-    ("dapo", "beta", 0.04), ("dapo", "kl_kind", "k3"),
-    ("ppo", "kl_kind", "k3"), ("reinforce_pp", "kl_kind", "k2"), ("rloo", "kl_kind", "k3"),
+    ("dapo", "beta", 0.04),
+    ("dapo", "kl_kind", "k3"),
+    ("ppo", "kl_kind", "k3"),
+    ("reinforce_pp", "kl_kind", "k2"),
+    ("rloo", "kl_kind", "k3"),
     ("reinforce_pp_baseline", "kl_kind", "k1"),
-    *[(n, k, v) for n in ("grpo", "dapo", "rloo", "reinforce_pp", "cispo")
-      for k, v in (("value_clip", 0.2), ("lam", 0.9), ("value_lr", 1e-5), ("value_path", "x"))],
-    ("grpo", "gamma", 0.9), ("reinforce_pp_baseline", "gamma", 0.9),
-    *[(n, k, v) for n in ("grpo", "gspo", "ppo") for k, v in (("max_gen_rounds", 2),
-                                                                ("overlong_cache", 16))],
-    ("grpo", "kl_target", 0.1), ("dapo", "kl_target", 0.1),
-    ("rloo", "std_normalize", False), ("ppo", "std_normalize", False),
+    *[
+        (n, k, v)
+        for n in ("grpo", "dapo", "rloo", "reinforce_pp", "cispo")
+        for k, v in (("value_clip", 0.2), ("lam", 0.9), ("value_lr", 1e-5), ("value_path", "x"))
+    ],
+    ("grpo", "gamma", 0.9),
+    ("reinforce_pp_baseline", "gamma", 0.9),
+    *[
+        (n, k, v)
+        for n in ("grpo", "gspo", "ppo")
+        for k, v in (("max_gen_rounds", 2), ("overlong_cache", 16))
+    ],
+    ("grpo", "kl_target", 0.1),
+    ("dapo", "kl_target", 0.1),
+    ("rloo", "std_normalize", False),
+    ("ppo", "std_normalize", False),
     ("cispo", "dual_clip", 3.0),
 ]
 
@@ -78,17 +101,31 @@ def test_explicit_values_win_even_when_equal_to_another_algorithms_default():
 def test_published_defaults():
     spec = {n: algorithms.resolve(AlgorithmSection(name=n)) for n in algorithms.NAMES}
     assert (spec["grpo"].beta, spec["grpo"].kl_kind, spec["grpo"].agg) == (
-        0.04, "k3", "seq-mean-token-mean")
+        0.04,
+        "k3",
+        "seq-mean-token-mean",
+    )
     assert spec["dapo"].beta == 0.0 and spec["dapo"].max_gen_rounds == 3
     assert (spec["cispo"].loss, spec["cispo"].advantage, spec["cispo"].agg) == (
-        "cispo", "group", "token-mean")
+        "cispo",
+        "group",
+        "token-mean",
+    )
     assert (spec["cispo"].clip_low, spec["cispo"].clip_high) == (1.0, 0.28)
-    assert (spec["rloo"].advantage, spec["rloo"].kl_in_reward, spec["rloo"].kl_kind,
-            spec["rloo"].agg) == ("rloo", True, "k1", "seq-mean-token-sum")
+    assert (
+        spec["rloo"].advantage,
+        spec["rloo"].kl_in_reward,
+        spec["rloo"].kl_kind,
+        spec["rloo"].agg,
+    ) == ("rloo", True, "k1", "seq-mean-token-sum")
     assert spec["reinforce_pp_baseline"].advantage == "reinforce_pp_baseline"
     assert spec["reinforce_pp_baseline"].kl_in_reward
     assert (spec["ppo"].gamma, spec["ppo"].lam, spec["ppo"].value_clip, spec["ppo"].beta) == (
-        1.0, 0.95, 0.2, 0.02)
+        1.0,
+        0.95,
+        0.2,
+        0.02,
+    )
     assert spec["ppo"].kl_horizon == 10000.0 and spec["ppo"].kl_target is None
     for s in spec.values():
         hash(s)  # a jit static argument
@@ -98,12 +135,21 @@ def test_non_algorithm_keys_and_validation_still_work():
     assert algorithms.resolve(AlgorithmSection(name="grpo", group_size=2)).group_size == 2
     with pytest.raises(ConfigError, match="algorithm.name='nope'"):
         AlgorithmSection(name="nope")
-    for key, value in (("beta", -1.0), ("kl_kind", "k9"), ("clip_low", 0.0), ("gamma", 2.0),
-                       ("agg", "sum"), ("dual_clip", 0.5), ("tis_max", 0.5)):
+    for key, value in (
+        ("beta", -1.0),
+        ("kl_kind", "k9"),
+        ("clip_low", 0.0),
+        ("gamma", 2.0),
+        ("agg", "sum"),
+        ("dual_clip", 0.5),
+        ("tis_max", 0.5),
+    ):
         with pytest.raises(ConfigError, match=rf"algorithm\.{key}="):
             AlgorithmSection(name="grpo", **{key: value})
-    assert algorithms.resolve(AlgorithmSection(name="grpo", beta=0.1,
-                                               kl_kind="low_var_kl")).kl_kind == "low_var_kl"
+    assert (
+        algorithms.resolve(AlgorithmSection(name="grpo", beta=0.1, kl_kind="low_var_kl")).kl_kind
+        == "low_var_kl"
+    )
 
 
 @pytest.mark.parametrize("name", algorithms.NAMES)

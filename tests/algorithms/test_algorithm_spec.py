@@ -20,14 +20,18 @@ def d():
     lengths = np.array([5, 3, 4, 1, 5, 2, 5, 4])
     mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
     old = rng.normal(-1.5, 0.5, (B, T)).astype(np.float32)
-    return dict(mask=mask, rewards=rng.normal(size=B).astype(np.float32),
-                kl=rng.normal(0, 0.1, (B, T)).astype(np.float32),
-                values=rng.normal(size=(B, T)).astype(np.float32), old=old,
-                logp=(old + rng.normal(0, 0.3, (B, T))).astype(np.float32),
-                ref=(old + rng.normal(0, 0.3, (B, T))).astype(np.float32),
-                sampler=(old + rng.normal(0, 0.5, (B, T))).astype(np.float32),
-                ent=rng.uniform(0, 3, (B, T)).astype(np.float32),
-                adv=rng.normal(size=(B, T)).astype(np.float32))
+    return dict(
+        mask=mask,
+        rewards=rng.normal(size=B).astype(np.float32),
+        kl=rng.normal(0, 0.1, (B, T)).astype(np.float32),
+        values=rng.normal(size=(B, T)).astype(np.float32),
+        old=old,
+        logp=(old + rng.normal(0, 0.3, (B, T))).astype(np.float32),
+        ref=(old + rng.normal(0, 0.3, (B, T))).astype(np.float32),
+        sampler=(old + rng.normal(0, 0.5, (B, T))).astype(np.float32),
+        ent=rng.uniform(0, 3, (B, T)).astype(np.float32),
+        adv=rng.normal(size=(B, T)).astype(np.float32),
+    )
 
 
 def spec(**kw):
@@ -39,8 +43,14 @@ def adv(s, d, **kw):
 
 
 def obj(s, d, **kw):
-    args = dict(old_logp_BT=d["old"], ref_logp_BT=None, sampler_logp_BT=d["sampler"],
-                adv_BT=d["adv"], mask_BT=d["mask"], max_len=T)
+    args = dict(
+        old_logp_BT=d["old"],
+        ref_logp_BT=None,
+        sampler_logp_BT=d["sampler"],
+        adv_BT=d["adv"],
+        mask_BT=d["mask"],
+        max_len=T,
+    )
     return algorithms.objective(s, d["logp"], d["ent"], **(args | kw))
 
 
@@ -80,8 +90,9 @@ def np_token_rewards(d, beta):
 
 def test_advantages_are_2d_masked_pytrees(d):
     for a in ("group", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"):
-        out = algorithms.advantages(spec(advantage=a), d["rewards"], d["mask"],
-                                    values_BT=d["values"])
+        out = algorithms.advantages(
+            spec(advantage=a), d["rewards"], d["mask"], values_BT=d["values"]
+        )
         assert out.adv_BT.shape == (B, T) and out.adv_BT.dtype == jnp.float32
         assert np.all(np.asarray(out.adv_BT)[d["mask"] == 0] == 0)
         assert (out.returns_BT is None) == (a != "gae")
@@ -92,8 +103,12 @@ def test_advantages_are_2d_masked_pytrees(d):
 def test_jit_with_the_spec_static(d):
     s = spec(advantage="reinforce_pp", kl_in_reward=True, beta=0.1)
     f = jax.jit(algorithms.advantages, static_argnums=0)
-    np.testing.assert_allclose(f(s, d["rewards"], d["mask"], kl_BT=d["kl"]).adv_BT,
-                               adv(s, d, kl_BT=d["kl"]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        f(s, d["rewards"], d["mask"], kl_BT=d["kl"]).adv_BT,
+        adv(s, d, kl_BT=d["kl"]),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("std_normalize", [True, False])
@@ -113,8 +128,11 @@ def test_rloo_with_kl_in_the_reward(d):
     s = spec(advantage="rloo", kl_in_reward=True, beta=beta)
     np.testing.assert_allclose(adv(s, d, kl_BT=d["kl"]), want, rtol=1e-5, atol=1e-6)
     # kl_in_reward off: the same KL is not subtracted
-    np.testing.assert_allclose(adv(spec(advantage="rloo", beta=beta), d, kl_BT=d["kl"]),
-                               adv(spec(advantage="rloo"), d), rtol=1e-6)
+    np.testing.assert_allclose(
+        adv(spec(advantage="rloo", beta=beta), d, kl_BT=d["kl"]),
+        adv(spec(advantage="rloo"), d),
+        rtol=1e-6,
+    )
 
 
 def test_reinforce_pp_baseline(d):
@@ -131,8 +149,7 @@ def test_reinforce_pp_gamma_and_beta_override(d, gamma):
     for beta in (None, 0.5):  # the argument (adaptive controller) overrides spec.beta
         r = np_token_rewards(d, 0.1 if beta is None else beta)
         want = np_whiten(np_returns(r, d["mask"], gamma), d["mask"])
-        np.testing.assert_allclose(adv(s, d, kl_BT=d["kl"], beta=beta), want, rtol=1e-4,
-                                   atol=1e-5)
+        np.testing.assert_allclose(adv(s, d, kl_BT=d["kl"], beta=beta), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5)])
@@ -141,8 +158,7 @@ def test_gae_gamma_lam_and_uses_value(d, gamma, lam):
     out = algorithms.advantages(s, d["rewards"], d["mask"], kl_BT=d["kl"], values_BT=d["values"])
     a = np_returns(np_token_rewards(d, 0.1), d["mask"], gamma, d["values"], lam)
     np.testing.assert_allclose(out.adv_BT, np_whiten(a, d["mask"]), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out.returns_BT, (a + d["values"]) * d["mask"], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(out.returns_BT, (a + d["values"]) * d["mask"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="values_BT"):
         algorithms.advantages(s, d["rewards"], d["mask"])
 
@@ -181,8 +197,9 @@ def agg_w(m, mode):
     return m / (rows > 0).sum() / (1.0 if mode == "seq-mean-token-sum" else np.maximum(rows, 1))
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-                                 "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize(
+    "agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+)
 @pytest.mark.parametrize("clip_low,clip_high", [(0.2, None), (0.05, 0.3)])
 def test_clip_ranges_and_agg(d, agg, clip_low, clip_high):
     s = spec(agg=agg, clip_low=clip_low, clip_high=clip_high)
@@ -190,8 +207,14 @@ def test_clip_ranges_and_agg(d, agg, clip_low, clip_high):
     want = np_clip_loss(d, d["adv"], clip_low, clip_high or clip_low, agg_w(d["mask"], agg))
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(m["loss/policy"]) == float(loss)
-    assert set(m) == {"loss/policy", "loss/total", "entropy/mean", "clip/frac", "approx_kl",
-                      "mismatch/sampler_kl"}
+    assert set(m) == {
+        "loss/policy",
+        "loss/total",
+        "entropy/mean",
+        "clip/frac",
+        "approx_kl",
+        "mismatch/sampler_kl",
+    }
 
 
 def test_dual_clip_caps_negative_advantages(d):
@@ -200,18 +223,31 @@ def test_dual_clip_caps_negative_advantages(d):
     base, _ = obj(spec(), big, adv_BT=a)
     capped, _ = obj(spec(dual_clip=3.0), big, adv_BT=a)
     assert float(capped) < float(base)
-    assert float(capped) == pytest.approx(float((-a * 3.0 * agg_w(d["mask"], "token-mean")).sum()),
-                                          rel=1e-5)
+    assert float(capped) == pytest.approx(
+        float((-a * 3.0 * agg_w(d["mask"], "token-mean")).sum()), rel=1e-5
+    )
 
 
 def test_ratio_and_loss_pick_the_surrogate(d):
     for s, ref in (
-        (spec(ratio="sequence", clip_low=3e-4, clip_high=4e-4),
-         losses.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], clip_low=3e-4,
-                            clip_high=4e-4, ratio="sequence")[0]),
-        (spec(loss="cispo", clip_low=1.0, clip_high=0.28),
-         losses.cispo_loss(d["logp"], d["old"], d["adv"], d["mask"], clip_low=1.0,
-                           clip_high=0.28)[0]),
+        (
+            spec(ratio="sequence", clip_low=3e-4, clip_high=4e-4),
+            losses.policy_loss(
+                d["logp"],
+                d["old"],
+                d["adv"],
+                d["mask"],
+                clip_low=3e-4,
+                clip_high=4e-4,
+                ratio="sequence",
+            )[0],
+        ),
+        (
+            spec(loss="cispo", clip_low=1.0, clip_high=0.28),
+            losses.cispo_loss(
+                d["logp"], d["old"], d["adv"], d["mask"], clip_low=1.0, clip_high=0.28
+            )[0],
+        ),
     ):
         assert float(obj(s, d)[0]) == pytest.approx(float(ref), rel=1e-6)
         assert float(obj(s, d)[0]) != pytest.approx(float(obj(spec(), d)[0]), rel=1e-3)
@@ -222,8 +258,12 @@ def test_beta_kl_kind_and_kl_in_reward(d, kl_kind):
     beta = 0.3
     base, _ = obj(spec(), d)
     x = d["ref"] - d["logp"]
-    kl = {"k1": -x, "k2": 0.5 * x**2, "k3": np.exp(x) - x - 1,
-          "low_var_kl": np.clip(np.exp(x) - x - 1, -10, 10)}[kl_kind]
+    kl = {
+        "k1": -x,
+        "k2": 0.5 * x**2,
+        "k3": np.exp(x) - x - 1,
+        "low_var_kl": np.clip(np.exp(x) - x - 1, -10, 10),
+    }[kl_kind]
     w = agg_w(d["mask"], "token-mean")
     loss, m = obj(spec(beta=beta, kl_kind=kl_kind), d, ref_logp_BT=d["ref"])
     assert float(loss) == pytest.approx(float(base) + beta * float((kl * w).sum()), rel=1e-5)
@@ -250,7 +290,8 @@ def test_tis_max_truncates_the_sampler_weights(d):
     want = np_clip_loss(d, d["adv"] * w, 0.2, 0.2, agg_w(d["mask"], "token-mean"))
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(m["mismatch/sampler_kl"]) == pytest.approx(
-        float(((d["sampler"] - d["logp"]) * agg_w(d["mask"], "token-mean")).sum()), rel=1e-5)
+        float(((d["sampler"] - d["logp"]) * agg_w(d["mask"], "token-mean")).sum()), rel=1e-5
+    )
     with pytest.raises(ValueError, match="sampler_logp_BT"):
         obj(spec(tis_max=1.5), d, sampler_logp_BT=None)
 
@@ -273,17 +314,16 @@ def test_objective_with_denominators_sums_over_micro_batches(d):
     whole, g_whole = jax.value_and_grad(f)(d["logp"], slice(None))
     parts = [jax.value_and_grad(f)(d["logp"][sl], sl, denom) for sl in (slice(0, 3), slice(3, 8))]
     assert float(sum(v for v, _ in parts)) == pytest.approx(float(whole), rel=1e-5)
-    np.testing.assert_allclose(np.concatenate([g for _, g in parts]), g_whole, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(np.concatenate([g for _, g in parts]), g_whole, rtol=1e-5, atol=1e-7)
 
 
 def test_core_read_fields_resolve_from_the_registry():
     from jaxrl_lrm.config import AlgorithmSection
 
-    ppo = algorithms.resolve(AlgorithmSection(name="ppo", value_lr=1e-5, value_path="vm",
-                                              kl_target=0.05))
-    assert (ppo.uses_value, ppo.value_clip, ppo.value_lr, ppo.value_path) == (
-        True, 0.2, 1e-5, "vm")
+    ppo = algorithms.resolve(
+        AlgorithmSection(name="ppo", value_lr=1e-5, value_path="vm", kl_target=0.05)
+    )
+    assert (ppo.uses_value, ppo.value_clip, ppo.value_lr, ppo.value_path) == (True, 0.2, 1e-5, "vm")
     assert (ppo.kl_target, ppo.kl_horizon) == (0.05, 10000.0)
     # value_clip's effect: the clipped value loss differs from the plain one
     v, old, ret = np.ones((1, 3)), np.zeros((1, 3)), np.full((1, 3), 2.0)
