@@ -60,7 +60,7 @@ ADVERSARIAL = [
     "\\boxed{100000!}",
     "\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}",
     "z" * 2_000_000 + "\\boxed{1}",
-    "\\boxed{(x+y+z+w)^{40}}",
+    "\\boxed{(x+y+z+w)^{80}}",
 ]
 CASES = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "math_cases.jsonl"
 
@@ -121,7 +121,7 @@ def _math(quick: bool) -> dict:
     start = time.perf_counter()
     for r in adv:
         t = time.perf_counter()
-        verify(r, "\\frac{(2x+2y+2z+2w)^{40}}{2^{40}} + 1", timeout_s=timeout)
+        verify(r, "\\frac{(2x+2y+2z+2w)^{80}}{2^{80}} + 1", timeout_s=timeout)
         worst = max(worst, time.perf_counter() - t)
     adv_rate = len(adv) / (time.perf_counter() - start)
     return {

@@ -13,7 +13,7 @@ from jaxrl_lrm.rewards.math import accuracy_reward, verify, warmup
 
 SLACK_S = 0.5  # the contract: every call returns within timeout_s + 0.5 s
 # Wrong (the gold has + 1) and seconds of SymPy expand() to find out.
-SLOW = ("\\boxed{(x+y+z+w)^{40}}", "\\frac{(2x+2y+2z+2w)^{40}}{2^{40}} + 1")
+SLOW = ("\\boxed{(x+y+z+w)^{80}}", "\\frac{(2x+2y+2z+2w)^{80}}{2^{80}} + 1")
 
 ADVERSARIAL = [
     "\\boxed{" * 3_000,
@@ -68,15 +68,15 @@ def test_pool_after_kills_never_scores_right_answers_wrong():
     for round_ in range(3):
         for i in range(4):  # each overrun kills its worker
             assert not verify(SLOW[0], SLOW[1] + " " * (10 * round_ + i), timeout_s=0.3)
-        # distinct symbolic answers (no cache, no fast path) straight after the kills
-        got = [verify(f"\\boxed{{{k}x + {round_}}}", f"{round_} + {k}x", timeout_s=10.0)
-               for k in range(2, 14)]
+        # distinct answers that only Math-Verify decides (no cache, no fast path)
+        ns = [k + 20 * round_ for k in range(2, 14)]
+        got = [verify(f"\\boxed{{\\pm {n}}}", f"\\{{{n}, -{n}\\}}", timeout_s=10.0) for n in ns]
         assert got == [True] * 12, (round_, got)
 
 
 def test_slow_neighbour_does_not_cost_others_their_scores():
-    comps = [SLOW[0], "\\boxed{2x+7}", "\\boxed{\\frac{\\sqrt{3}}{2}}", "\\boxed{5}"] * 2
-    golds = [SLOW[1], "7+2x", "\\frac{\\sqrt3}{2}", "6"] * 2
+    comps = [SLOW[0], "\\boxed{5 \\leq x}", "\\boxed{\\pm 3}", "\\boxed{x \\geq 4}"] * 2
+    golds = [SLOW[1], "x \\geq 5", "\\{3, -3\\}", "x > 4"] * 2
     t = time.monotonic()
     assert accuracy_reward(["p"] * 8, comps, answer=golds) == [0.0, 1.0, 1.0, 0.0] * 2
     # two rounds of slow calls at most (one per thread), each within its own deadline
@@ -84,11 +84,11 @@ def test_slow_neighbour_does_not_cost_others_their_scores():
 
 
 def test_inside_reward_executor():
-    comps = [SLOW[0], "\\boxed{2x+7}", "\\boxed{x^2-1}", "\\boxed{4}"]
-    golds = [SLOW[1], "7+2x", "(x-1)(x+1)", "5"]
+    comps = [SLOW[0], "\\boxed{5 \\leq x}", "\\boxed{\\pm 3}", "\\boxed{4}"]
+    golds = [SLOW[1], "x \\geq 5", "\\{3, -3\\}", "5"]
     with RewardExecutor([("math", accuracy_reward, 1.0)], num_workers=1, timeout_s=60.0,
                         chunk_size=4) as ex:
-        ex.score(["p"], ["\\boxed{x+1}"], {"answer": ["1+x"]})  # starts the worker's math pool
+        ex.score(["p"], ["\\boxed{\\pm 1}"], {"answer": ["\\{1,-1\\}"]})  # starts its math pool
         t = time.monotonic()
         _, per_fn, stats = ex.score(["p"] * 4, comps, {"answer": golds})
         elapsed = time.monotonic() - t
@@ -99,7 +99,7 @@ def test_inside_reward_executor():
 FRESH = """
 from jaxrl_lrm.rewards.math import verify
 print(verify("... so $\\\\boxed{\\\\frac{\\\\sqrt{3}}{2}}$", "\\\\frac{\\\\sqrt3}{2}"),
-      verify("\\\\boxed{2x+7}", "7+2x", timeout_s=0.5))
+      verify("... so $\\\\boxed{5 \\\\leq x}$", "x \\\\geq 5", timeout_s=0.5))  # needs the pool
 """
 
 
@@ -115,4 +115,4 @@ def test_killed_zygote_is_restarted():
     pool.zygote.proc.kill()
     pool.zygote.proc.wait()
     assert not verify(SLOW[0], SLOW[1] + "  ", timeout_s=0.3)  # the kill needs a new fork
-    assert verify("\\boxed{3x-1}", "-1+3x", timeout_s=10.0)
+    assert verify("\\boxed{\\pm 5}", "\\{5, -5\\}", timeout_s=10.0)
