@@ -32,8 +32,6 @@ run gets its arrays back placed on the mesh exactly as the fresh run placed them
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -43,6 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxrl_lrm.checksums import all_finite, meta_digest, summaries
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "NonFiniteStateError",
+    "all_finite",
+    "restore_state_only",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,91 +76,6 @@ class NonFiniteStateError(CheckpointError):
         self.leaves = leaves
 
 
-# ----------------------------------------------------------------------------- checksums
-
-
-@jax.jit
-def _leaf_finite(x: jax.Array) -> jax.Array:
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.bool_(True)
-    return jnp.all(jnp.isfinite(x))
-
-
-def all_finite(tree: Any) -> bool | jax.Array:
-    """Whether every floating-point leaf of `tree` is free of NaN and inf.
-
-    Outside `jit` a Python bool (one tiny reduction per leaf, on the leaf's own devices, so
-    leaves on different meshes mix freely); inside `jit` a traced boolean scalar.
-    """
-    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
-    if any(isinstance(x, jax.core.Tracer) for x in leaves):
-        checks = [jnp.all(jnp.isfinite(x)) for x in leaves
-                  if jnp.issubdtype(x.dtype, jnp.inexact)]
-        return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
-    return all(bool(_host(c)) for c in [_leaf_finite(x) for x in leaves])
-
-
-def _mix32(h: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _words(x: jax.Array) -> jax.Array:
-    """The bytes of `x` as uint32 words (one per element, two for 8-byte elements)."""
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
-    size = x.dtype.itemsize
-    if size in (4, 8):
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16}[size]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-@jax.jit
-def _leaf_summary(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`(finite, checksum[2])` of one leaf; the checksum does not depend on the sharding."""
-    w = _words(x)
-    # global flat position of each word, from per-axis iotas (no flat iota to re-shard)
-    pos = jnp.zeros(w.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(w.ndim)):
-        pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
-        stride = (stride * w.shape[axis]) % 2**32
-    key = _mix32(pos * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15))
-    h1 = jnp.sum(_mix32(w ^ key), dtype=jnp.uint32)
-    h2 = jnp.sum(_mix32(w + _mix32(key ^ jnp.uint32(0x632BE5AB))), dtype=jnp.uint32)
-    return _leaf_finite(x), jnp.stack([h1, h2])
-
-
-def _host(x: jax.Array) -> np.ndarray:
-    # The outputs are tiny and replicated: on a multi-host run every process holds them whole.
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
-    return np.asarray(x)
-
-
-def _summaries(tree: Any) -> dict[str, tuple[bool, str, list[int], str]]:
-    """`{key path: (finite, checksum hex, shape, dtype)}` for every array leaf of `tree`."""
-    out = {}
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    pending = [(jax.tree_util.keystr(p), jnp.asarray(x) if not isinstance(x, jax.Array) else x)
-               for p, x in flat]
-    results = [(name, x, _leaf_summary(x)) for name, x in pending]  # dispatched, then fetched
-    for name, x, (finite, h) in results:
-        h = _host(h)
-        out[name] = (bool(_host(finite)), f"{int(h[0]):08x}{int(h[1]):08x}",
-                     list(x.shape), str(x.dtype))
-    return out
-
-
-def _meta_digest(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- checkpointer
 
 
@@ -167,8 +90,14 @@ class Checkpointer:
       read_only: only restore (evaluation, export of a run whose directory is read-only).
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = Path(directory).absolute()
         self.read_only = read_only
         self._saving: int | None = None  # the step whose save may still be running
@@ -177,8 +106,11 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=None if read_only else max_to_keep, create=not read_only,
-                read_only=read_only, enable_async_checkpointing=async_save),
+                max_to_keep=None if read_only else max_to_keep,
+                create=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=async_save,
+            ),
             item_names=("state", "meta", MANIFEST_ITEM),
         )
 
@@ -197,32 +129,43 @@ class Checkpointer:
           CheckpointError: the directory cannot be written, or the previous save failed.
         """
         if self.read_only:
-            raise CheckpointError(f"checkpoints in {str(self.directory)!r} were opened "
-                                  "read-only; cannot save")
+            raise CheckpointError(
+                f"checkpoints in {str(self.directory)!r} were opened read-only; cannot save"
+            )
         self._settle()
         # orbax creates the step directory in its background thread, where a failure is only
         # logged (and waited on for minutes): probe here so it is an error at once
         _check_writable(self.directory)
-        summary = _summaries(state)
+        summary = summaries(state)
         bad = [name for name, (finite, *_) in summary.items() if not finite]
         if bad:
             raise NonFiniteStateError(
                 f"refusing to save checkpoint step {step} in {str(self.directory)!r}: NaN or "
                 f"inf in {len(bad)} of {len(summary)} leaves ({', '.join(bad[:5])}"
-                f"{', ...' if len(bad) > 5 else ''}); nothing was written", step=step, leaves=bad)
+                f"{', ...' if len(bad) > 5 else ''}); nothing was written",
+                step=step,
+                leaves=bad,
+            )
         manifest = {
-            "format": MANIFEST_FORMAT, "step": int(step), "meta_sha256": _meta_digest(meta),
-            "leaves": {name: {"shape": shape, "dtype": dtype, "checksum": h}
-                       for name, (_, h, shape, dtype) in summary.items()},
+            "format": MANIFEST_FORMAT,
+            "step": int(step),
+            "meta_sha256": meta_digest(meta),
+            "leaves": {
+                name: {"shape": shape, "dtype": dtype, "checksum": h}
+                for name, (_, h, shape, dtype) in summary.items()
+            },
         }
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(meta),
-                                  **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)})
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(meta),
+            **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)},
+        )
         try:
             saved = self.manager.save(step, args=args, force=force)
         except OSError as e:
-            raise CheckpointError(f"could not write checkpoint step {step} in "
-                                  f"{str(self.directory)!r}: {e}") from e
+            raise CheckpointError(
+                f"could not write checkpoint step {step} in {str(self.directory)!r}: {e}"
+            ) from e
         if saved:
             self._saving = int(step)
         return saved
@@ -246,13 +189,15 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {where} to restore")
         if step is not None:
             if step not in steps:
-                raise CheckpointError(f"checkpoint step {step} not in {where}; "
-                                      f"available: {sorted(steps)}")
+                raise CheckpointError(
+                    f"checkpoint step {step} not in {where}; available: {sorted(steps)}"
+                )
             try:
                 state, meta = self._restore_verified(step, target)
             except _Damaged as e:
-                raise CheckpointError(f"checkpoint step {step} in {where} is damaged: {e}") \
-                    from e.__cause__
+                raise CheckpointError(
+                    f"checkpoint step {step} in {where} is damaged: {e}"
+                ) from e.__cause__
             return state, meta, step
         damaged = []
         for s in steps:
@@ -260,17 +205,23 @@ class Checkpointer:
                 state, meta = self._restore_verified(s, target)
             except _Damaged as e:
                 damaged.append((s, str(e)))
-                log.warning("checkpoint step %d in %s is damaged (%s); trying an older one",
-                            s, where, e)
+                log.warning(
+                    "checkpoint step %d in %s is damaged (%s); trying an older one", s, where, e
+                )
                 continue
             if damaged:
-                log.warning("resuming from checkpoint step %d in %s; damaged newer steps: %s",
-                            s, where, "; ".join(f"step {d}: {why}" for d, why in damaged))
+                log.warning(
+                    "resuming from checkpoint step %d in %s; damaged newer steps: %s",
+                    s,
+                    where,
+                    "; ".join(f"step {d}: {why}" for d, why in damaged),
+                )
                 self._set_aside([d for d, _ in damaged])
             return state, meta, s
         raise CheckpointError(
             f"no intact checkpoint in {where}: "
-            + "; ".join(f"step {s}: {why}" for s, why in damaged))
+            + "; ".join(f"step {s}: {why}" for s, why in damaged)
+        )
 
     def _restore_verified(self, step: int, target: Any) -> tuple[Any, dict]:
         try:
@@ -288,29 +239,42 @@ class Checkpointer:
                 raise _Damaged(f"leaf {name} is not in the checksum manifest")
             entry = leaves[name]
             if list(np.shape(x)) != list(entry["shape"]):
-                raise _Damaged(f"leaf {name} has shape {tuple(entry['shape'])} in the "
-                               f"checkpoint, the target wants {tuple(np.shape(x))}")
+                raise _Damaged(
+                    f"leaf {name} has shape {tuple(entry['shape'])} in the "
+                    f"checkpoint, the target wants {tuple(np.shape(x))}"
+                )
             sharding = getattr(x, "sharding", None)
-            abstract.append(jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]),
-                                                 sharding=sharding) if sharding else x)
+            abstract.append(
+                jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]), sharding=sharding)
+                if sharding
+                else x
+            )
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(jax.tree.unflatten(treedef, abstract)),
-                meta=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(jax.tree.unflatten(treedef, abstract)),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
             state, meta = out["state"], dict(out["meta"])
         except Exception as e:
             raise _Damaged(f"arrays or meta unreadable ({_brief(e)})") from e
-        got = _summaries(state)
+        got = summaries(state)
         wrong = [n for n in names if got[n][1] != leaves[n]["checksum"]]
         if wrong:
-            raise _Damaged(f"checksum mismatch in {len(wrong)} of {len(names)} leaves "
-                           f"({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''})")
-        if _meta_digest(meta) != manifest.get("meta_sha256"):
+            raise _Damaged(
+                f"checksum mismatch in {len(wrong)} of {len(names)} leaves "
+                f"({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''})"
+            )
+        if meta_digest(meta) != manifest.get("meta_sha256"):
             raise _Damaged("checksum mismatch in meta")
         # cast to the target's dtypes where they differ from the saved ones
         state_flat = jax.tree.leaves(state)
-        state_flat = [y.astype(x.dtype) if hasattr(x, "dtype") and y.dtype != x.dtype else y
-                      for (_, x), y in zip(flat, state_flat)]
+        state_flat = [
+            y.astype(x.dtype) if hasattr(x, "dtype") and y.dtype != x.dtype else y
+            for (_, x), y in zip(flat, state_flat)
+        ]
         return jax.tree.unflatten(treedef, state_flat), meta
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -330,8 +294,10 @@ class Checkpointer:
                     src.rename(dst)
                     log.warning("moved damaged checkpoint step %d to %s", s, dst)
                 except OSError as e:
-                    raise CheckpointError(f"could not move damaged checkpoint step {s} in "
-                                          f"{str(self.directory)!r} aside: {e}") from e
+                    raise CheckpointError(
+                        f"could not move damaged checkpoint step {s} in "
+                        f"{str(self.directory)!r} aside: {e}"
+                    ) from e
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -353,7 +319,8 @@ class Checkpointer:
         why = _brief(error) if error is not None else "see the errors logged above"
         raise CheckpointError(
             f"saving checkpoint step {step} in {str(self.directory)!r} failed ({why}); the "
-            f"newest complete one is step {self.latest_step()}") from error
+            f"newest complete one is step {self.latest_step()}"
+        ) from error
 
     def wait(self) -> None:
         """Waits for the running save. Raises `CheckpointError` if it failed."""
@@ -376,8 +343,9 @@ def _manifest_leaves(manifest: Any, step: int) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("leaves"), dict):
         raise _Damaged("checksum manifest is malformed")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise _Damaged(f"checksum manifest has format {manifest.get('format')!r}, "
-                       f"expected {MANIFEST_FORMAT}")
+        raise _Damaged(
+            f"checksum manifest has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}"
+        )
     if manifest.get("step") != step:
         raise _Damaged(f"checksum manifest is for step {manifest.get('step')!r}")
     return manifest["leaves"]
@@ -395,8 +363,9 @@ def _check_writable(directory: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise CheckpointError(f"checkpoint directory {str(directory)!r} is not writable: "
-                              f"{e}") from e
+        raise CheckpointError(
+            f"checkpoint directory {str(directory)!r} is not writable: {e}"
+        ) from e
 
 
 def restore_state_only(path: str | Path, target: Any, step: int | None = None) -> tuple[Any, int]:
@@ -407,4 +376,3 @@ def restore_state_only(path: str | Path, target: Any, step: int | None = None) -
     finally:
         ckpt.close()
     return state, step
-

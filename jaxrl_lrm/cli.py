@@ -27,8 +27,11 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator-address", help="HOST:PORT of process 0 (multi-host runs)")
     p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
     p.add_argument("--process-id", type=int, help="this process's index")
-    p.add_argument("--distributed", action="store_true",
-                   help="initialise jax.distributed from the environment (TPU pods)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="initialise jax.distributed from the environment (TPU pods)",
+    )
 
 
 def on_multihost_tpu(env=None) -> bool:
@@ -47,8 +50,9 @@ def _init_distributed(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxrl-lrm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="jaxrl-lrm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) from a YAML config")
     t.add_argument("config")
@@ -82,9 +86,11 @@ def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, ove
     run_dir = stages.run_dir_of(checkpoint)
     stage = load_config(run_dir / "config.yaml").stage
     if stage != "rl":
-        raise ValueError(f"eval runs generation-based evaluation of RL policies; "
-                         f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
-                         "metrics are in its metrics.jsonl)")
+        raise ValueError(
+            f"eval runs generation-based evaluation of RL policies; "
+            f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
+            "metrics are in its metrics.jsonl)"
+        )
     config = load_config(config_path, list(overrides))
     _, _, model, step = stages.restore_params(run_dir, step)
     s = rl_stage.build(config)
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             _init_distributed(args)
             metrics, samples, step, run_dir = evaluate_checkpoint(
-                args.config, args.checkpoint, args.step, args.overrides)
+                args.config, args.checkpoint, args.step, args.overrides
+            )
             metrics["step"] = step
             print(json.dumps(metrics, indent=2))
             for prompt, completion, ok in samples[:4]:

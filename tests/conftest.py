@@ -13,8 +13,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 # Programs are built per run (no module-level registries); runs that repeat a program's shapes
 # load its executable from JAX's persistent compilation cache instead of compiling it again.
-_CACHE = os.environ.get("JAXRL_TEST_COMPILE_CACHE",
-                        os.path.join(os.path.dirname(__file__), "..", ".jax_test_cache"))
+_CACHE = os.environ.get(
+    "JAXRL_TEST_COMPILE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_test_cache")
+)
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

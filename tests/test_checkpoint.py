@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_lrm import checkpoint
+from jaxrl_lrm import checkpoint, checksums
 from jaxrl_lrm.checkpoint import Checkpointer, CheckpointError, NonFiniteStateError
 from jaxrl_lrm.train.logging import MetricsLogger, read_metrics
 
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_state(step: int) -> dict:
     k = jax.random.key(step)
     return {
-        "params": {"w_DxF": jax.random.normal(k, (256, 128)),
-                   "b_F": jnp.full((128,), float(step))},
-        "opt_state": {"mu_DxF": jax.random.normal(jax.random.fold_in(k, 1), (256, 128),
-                                                  jnp.bfloat16),
-                      "count": jnp.int32(step)},
+        "params": {"w_DxF": jax.random.normal(k, (256, 128)), "b_F": jnp.full((128,), float(step))},
+        "opt_state": {
+            "mu_DxF": jax.random.normal(jax.random.fold_in(k, 1), (256, 128), jnp.bfloat16),
+            "count": jnp.int32(step),
+        },
         "step": jnp.int32(step),
     }
 
@@ -73,7 +73,7 @@ def largest_array_file(step_dir: Path) -> Path:
 def flip_middle(path: Path, n: int = 64) -> None:
     data = bytearray(path.read_bytes())
     mid = len(data) // 2 - n // 2
-    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
     path.write_bytes(bytes(data))
 
 
@@ -91,7 +91,7 @@ def garbage_metadata(step_dir: Path) -> None:
 
 
 def garbage_meta_item(step_dir: Path) -> None:
-    (step_dir / "meta" / "metadata").write_text("{\"step\": ")
+    (step_dir / "meta" / "metadata").write_text('{"step": ')
 
 
 def wrong_checksum(step_dir: Path) -> None:
@@ -105,8 +105,11 @@ def wrong_checksum(step_dir: Path) -> None:
 
 
 def test_round_trip_with_manifest(ckpt_dir):
-    assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == \
-        ["1", "2", "3"]
+    assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == [
+        "1",
+        "2",
+        "3",
+    ]
     manifest = json.loads((ckpt_dir / "3" / checkpoint.MANIFEST_ITEM / "metadata").read_text())
     assert manifest["step"] == 3 and len(manifest["leaves"]) == 5
     state, meta, step = restore(ckpt_dir)
@@ -117,15 +120,19 @@ def test_round_trip_with_manifest(ckpt_dir):
     assert_tree_equal(state, make_state(1))
 
 
-@pytest.mark.parametrize("damage, problem", [
-    # the silent case: the flipped bytes decode, to other numbers
-    (lambda d: flip_middle(largest_array_file(d)), r"checksum mismatch in 1 of 5 leaves"),
-    (lambda d: truncate(largest_array_file(d)), r"arrays or meta unreadable"),
-    (delete_manifest, r"checksum manifest missing"),
-    (garbage_metadata, r"arrays or meta unreadable"),
-    (garbage_meta_item, r"arrays or meta unreadable"),
-    (wrong_checksum, r"checksum mismatch in 1 of 5 leaves \(\['params'\]\['w_DxF'\]\)"),
-], ids=["flip64", "truncate", "no_manifest", "garbage_metadata", "garbage_meta", "checksum"])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        # the silent case: the flipped bytes decode, to other numbers
+        (lambda d: flip_middle(largest_array_file(d)), r"checksum mismatch in 1 of 5 leaves"),
+        (lambda d: truncate(largest_array_file(d)), r"arrays or meta unreadable"),
+        (delete_manifest, r"checksum manifest missing"),
+        (garbage_metadata, r"arrays or meta unreadable"),
+        (garbage_meta_item, r"arrays or meta unreadable"),
+        (wrong_checksum, r"checksum mismatch in 1 of 5 leaves \(\['params'\]\['w_DxF'\]\)"),
+    ],
+    ids=["flip64", "truncate", "no_manifest", "garbage_metadata", "garbage_meta", "checksum"],
+)
 def test_damaged_newest_falls_back(ckpt_dir, caplog, damage, problem):
     damage(ckpt_dir / "3")
     with caplog.at_level(logging.WARNING, logger="jaxrl_lrm.checkpoint"):
@@ -156,8 +163,11 @@ def test_none_intact_is_a_clear_error(ckpt_dir):
     assert "step 3:" in msg and "step 2: checksum manifest missing" in msg and "step 1:" in msg
     assert "Traceback" not in msg and len(msg) < 2000
     # nothing was set aside: there is nothing to resume from
-    assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == \
-        ["1", "2", "3"]
+    assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == [
+        "1",
+        "2",
+        "3",
+    ]
 
 
 def test_explicit_damaged_step_raises(ckpt_dir):
@@ -211,9 +221,10 @@ def test_checksums_do_not_depend_on_sharding(tmp_path):
     mesh = jax.make_mesh((2, 4), ("data", "fsdp"))
     state = make_state(5)
     sharded = jax.tree.map(
-        lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "fsdp") if x.ndim == 2
-                                                  else P())), state)
-    assert checkpoint._summaries(sharded) == checkpoint._summaries(state)
+        lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "fsdp") if x.ndim == 2 else P())),
+        state,
+    )
+    assert checksums.summaries(sharded) == checksums.summaries(state)
     ckpt = Checkpointer(tmp_path / "c", async_save=False)
     ckpt.save(5, sharded, {"step": 5})
     restored, _, step = ckpt.restore(make_state(0))
@@ -224,13 +235,13 @@ def test_checksums_do_not_depend_on_sharding(tmp_path):
 
 def test_checksum_sees_one_flipped_bit_and_swapped_values():
     x = jax.random.normal(jax.random.key(0), (64, 32))
-    base = checkpoint._summaries(x)
+    base = checksums.summaries(x)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32).at[17, 3].add(1)
     flipped = jax.lax.bitcast_convert_type(bits, jnp.float32)
     swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])
-    assert checkpoint._summaries(flipped) != base
-    assert checkpoint._summaries(swapped) != base
-    assert checkpoint._summaries(x + 0.0) == base
+    assert checksums.summaries(flipped) != base
+    assert checksums.summaries(swapped) != base
+    assert checksums.summaries(x + 0.0) == base
 
 
 # ----------------------------------------------------------------------------- read-only
@@ -241,10 +252,17 @@ def read_only_dir(path: Path):
     """`path` as a read-only bind mount (root ignores chmod). Yields False where mounting is not
     allowed; the caller then injects the failure instead."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "--bind", str(path), str(path)],
-                             capture_output=True).returncode == 0
-    if mounted and subprocess.run(["mount", "-o", "remount,ro,bind", str(path)],
-                                  capture_output=True).returncode != 0:
+    mounted = (
+        subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode
+        == 0
+    )
+    if (
+        mounted
+        and subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         subprocess.run(["umount", str(path)], capture_output=True)
         mounted = False
     try:
@@ -258,6 +276,7 @@ def test_read_only_directory_fails_at_once(tmp_path, monkeypatch):
     d = tmp_path / "checkpoints"
     with read_only_dir(d) as mounted:
         if not mounted:  # no mount permission: the write fails as a read-only mount's would
+
             def refuse(self, *a, **k):
                 raise OSError(30, "Read-only file system", str(self))
 
@@ -309,11 +328,24 @@ def test_trainer_exits_with_the_error_on_a_read_only_checkpoints_dir(tmp_path):
         if not mounted:
             pytest.skip("needs a read-only bind mount")
         proc = subprocess.run(
-            [sys.executable, "-m", "jaxrl_lrm", "train", str(ROOT / "configs" / "smoke.yaml"),
-             f"run_dir={run_dir}", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1",
-             "train.steps=1"],
-            capture_output=True, text=True, timeout=300, cwd=ROOT,
-            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            [
+                sys.executable,
+                "-m",
+                "jaxrl_lrm",
+                "train",
+                str(ROOT / "configs" / "smoke.yaml"),
+                f"run_dir={run_dir}",
+                "mesh.data=1",
+                "mesh.fsdp=1",
+                "mesh.tensor=1",
+                "train.steps=1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "not writable" in proc.stderr
 
@@ -323,21 +355,22 @@ def test_trainer_exits_with_the_error_on_a_read_only_checkpoints_dir(tmp_path):
 
 def test_metrics_keep_exactly_the_steps_of_the_checkpoint(tmp_path):
     def log(steps, resume_step):
-        logger = MetricsLogger(tmp_path, total_steps=10, resume_step=resume_step,
-                               stream=open(os.devnull, "w"))
+        logger = MetricsLogger(
+            tmp_path, total_steps=10, resume_step=resume_step, stream=open(os.devnull, "w")
+        )
         for s in steps:
             logger.log(s, {"loss": float(s)})
         logger.close()
 
-    log([1, 2, 3, 4, 5], None)            # checkpoints at 2 and 4, died after logging 5
+    log([1, 2, 3, 4, 5], None)  # checkpoints at 2 and 4, died after logging 5
     with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 6, "lo')         # killed mid-write
-    log([5, 6], 4)                         # resumed from 4
+        f.write('{"step": 6, "lo')  # killed mid-write
+    log([5, 6], 4)  # resumed from 4
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
-    log([3], 2)                            # steps 4 and 6 found damaged: resumed from 2
+    log([3], 2)  # steps 4 and 6 found damaged: resumed from 2
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert [r["loss"] for r in records] == [1.0, 2.0, 3.0]
-    log([1], 0)                            # nothing intact: a fresh run starts over
+    log([1], 0)  # nothing intact: a fresh run starts over
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
     assert not (tmp_path / "metrics.jsonl.tmp").exists()

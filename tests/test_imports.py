@@ -56,8 +56,12 @@ MODULES = _modules()
 
 def _is_type_checking(node: ast.AST) -> bool:
     test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.Module) -> tuple[list, list]:
@@ -95,10 +99,9 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str) -> set[str]:
         base = node.module or ""
         if node.level:
             package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
-            anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+            anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
             base = ".".join(anchor + ([base] if base else []))
-        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
-                 for a in node.names]
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
     return {t for t in map(_known, names) if t is not None and t.startswith("jaxrl_lrm")}
 
 
@@ -109,8 +112,12 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, int]]:
         if _under(module, EXCLUDED):
             continue
         top, nested = _imports(ast.parse(path.read_text(), str(path)))
-        edges[module] = {t for node in top for t in _targets(node, module)
-                         if not _under(t, EXCLUDED) and t != module}
+        edges[module] = {
+            t
+            for node in top
+            for t in _targets(node, module)
+            if not _under(t, EXCLUDED) and t != module
+        }
         count = sum(bool(_targets(node, module)) for node in nested)
         if count:
             nested_counts[module] = count
@@ -180,8 +187,14 @@ HOST_MODULES = sorted(m for m in MODULES if _under(m, HOST_ONLY) and m not in DE
 
 def _run(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_host_only_modules_are_found():
@@ -212,8 +225,10 @@ def test_host_only_module_imports_no_jax(module):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     via = "\n  ".join(got["via"])
-    assert not got["loaded"], (f"importing {module} loads {got['loaded']}, first through\n  "
-                               f"{via}\nrewards/ and envs/ are host only: no JAX")
+    assert not got["loaded"], (
+        f"importing {module} loads {got['loaded']}, first through\n  "
+        f"{via}\nrewards/ and envs/ are host only: no JAX"
+    )
 
 
 def test_deprecated_aliases_import_only_when_asked():
@@ -262,8 +277,7 @@ def test_module_level_imports_are_acyclic():
     cycles = _cycles(edges)
     for cycle in cycles:
         print("import cycle:", " -> ".join(cycle))
-    assert not cycles, "module-level import cycles:\n" + "\n".join(
-        " -> ".join(c) for c in cycles)
+    assert not cycles, "module-level import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
 def test_function_level_imports_are_bounded():
@@ -274,14 +288,17 @@ def test_function_level_imports_are_bounded():
         print(f"  {n:3d}  {module}")
     assert total <= MAX_FUNCTION_LEVEL_IMPORTS, (
         f"{total} function-level jaxrl_lrm imports: expected at most "
-        f"{MAX_FUNCTION_LEVEL_IMPORTS}; import at module level (break the cycle instead)")
+        f"{MAX_FUNCTION_LEVEL_IMPORTS}; import at module level (break the cycle instead)"
+    )
 
 
 def test_graph_helpers_on_a_toy_graph():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert _cycles(edges) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
-    top, nested = _imports(ast.parse(textwrap.dedent("""
+    top, nested = _imports(
+        ast.parse(
+            textwrap.dedent("""
         import jaxrl_lrm.sampling
         from jaxrl_lrm import sharding
         from typing import TYPE_CHECKING
@@ -296,7 +313,9 @@ def test_graph_helpers_on_a_toy_graph():
         class C:
             def m(self):
                 import jaxrl_lrm.losses
-    """)))
+    """)
+        )
+    )
     targets = set().union(*(_targets(n, "jaxrl_lrm.scorers.judge") for n in top))
     assert targets == {"jaxrl_lrm.sampling", "jaxrl_lrm.sharding", "jaxrl_lrm.rewards.format"}
     assert len(nested) == 2

@@ -78,16 +78,26 @@ def _run_processes(tmp_path: Path) -> list[tuple[float, np.ndarray]]:
     script.write_text(WORKER)
     address = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
     procs, outs = [], []
     for i in range(NUM_PROCESSES):
         out = str(tmp_path / f"proc{i}")
         np.save(out + ".tokens.npy", _tokens())
         outs.append(out)
-        procs.append(subprocess.Popen([sys.executable, str(script), address, str(i), out],
-                                      env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), address, str(i), out],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     results = []
     try:
         for i, (p, out) in enumerate(zip(procs, outs)):
@@ -130,15 +140,38 @@ def test_cli_train_two_processes(tmp_path):
     """`jaxrl-lrm train` with explicit coordinator flags, 2 processes sharing one run_dir."""
     address = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxrl_lrm", "train", "configs/smoke.yaml", "train.steps=2",
-           "train.checkpoint_every=2", "train.eval_every=0", f"run_dir={run_dir}",
-           "--coordinator-address", address, "--num-processes", str(NUM_PROCESSES)]
-    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(NUM_PROCESSES)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxrl_lrm",
+        "train",
+        "configs/smoke.yaml",
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "train.eval_every=0",
+        f"run_dir={run_dir}",
+        "--coordinator-address",
+        address,
+        "--num-processes",
+        str(NUM_PROCESSES),
+    ]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--process-id", str(i)],
+            env=env,
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(NUM_PROCESSES)
+    ]
     try:
         outs = [p.communicate(timeout=4 * TIMEOUT_S)[0] for p in procs]
     finally:

@@ -53,17 +53,41 @@ def env(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _executable(bin_dir / "gcloud", FAKE_GCLOUD)
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("PROJECT", "ZONE", "TPU_NAME", "ACCELERATOR_TYPE", "RUNTIME_VERSION",
-                      "REPO_URL", "BRANCH", "REMOTE_DIR", "LOG_DIR", "DRY_RUN", "GCLOUD")}
-    e.update(PATH=f"{bin_dir}:{os.environ['PATH']}", GCLOUD_LOG=str(tmp_path / "gcloud.log"),
-             ZONE=ZONE, TMPDIR=str(tmp_path))
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PROJECT",
+            "ZONE",
+            "TPU_NAME",
+            "ACCELERATOR_TYPE",
+            "RUNTIME_VERSION",
+            "REPO_URL",
+            "BRANCH",
+            "REMOTE_DIR",
+            "LOG_DIR",
+            "DRY_RUN",
+            "GCLOUD",
+        )
+    }
+    e.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        GCLOUD_LOG=str(tmp_path / "gcloud.log"),
+        ZONE=ZONE,
+        TMPDIR=str(tmp_path),
+    )
     return e
 
 
 def _run(script: str, *args: str, env: dict, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPTS / script), *args], env={**env, **extra},
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / script), *args],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def _calls(env: dict) -> list[list[str]]:
@@ -98,8 +122,9 @@ def test_bash_syntax(script):
 def test_shellcheck(script):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed")
-    subprocess.run(["shellcheck", "-x", "-S", "warning", str(SCRIPTS / script)], check=True,
-                   cwd=SCRIPTS)
+    subprocess.run(
+        ["shellcheck", "-x", "-S", "warning", str(SCRIPTS / script)], check=True, cwd=SCRIPTS
+    )
 
 
 @pytest.mark.parametrize("script", RUNNABLE)
@@ -110,20 +135,23 @@ def test_help_and_strict_mode(script, env):
     assert out.returncode == 0 and out.stdout.startswith(f"usage: {script}")
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("create.sh", ["--bogus"], "unknown argument '--bogus'"),
-    ("create.sh", ["--accelerator-type", "tpu32"], "accelerator type 'tpu32' is invalid"),
-    ("create.sh", ["--name", "Bad_Name"], "TPU name 'Bad_Name' is invalid"),
-    ("create.sh", ["--zone"], "--zone needs a value"),
-    ("install.sh", [], "no repository"),
-    ("launch.sh", [], "missing CONFIG"),
-    ("launch.sh", ["configs/smoke.json"], "CONFIG 'configs/smoke.json' is not a .yaml"),
-    ("launch.sh", ["configs/smoke.yaml", "steps"], "override 'steps' is not key.path=value"),
-    ("logs.sh", ["--lines", "ten"], "--lines 'ten': expected a non-negative integer"),
-    ("logs.sh", ["--worker", "w1"], "--worker 'w1': expected a worker index"),
-    ("stop.sh", ["now"], "unknown argument 'now'"),
-    ("teardown.sh", ["--force"], "unknown argument '--force'"),
-])
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("create.sh", ["--bogus"], "unknown argument '--bogus'"),
+        ("create.sh", ["--accelerator-type", "tpu32"], "accelerator type 'tpu32' is invalid"),
+        ("create.sh", ["--name", "Bad_Name"], "TPU name 'Bad_Name' is invalid"),
+        ("create.sh", ["--zone"], "--zone needs a value"),
+        ("install.sh", [], "no repository"),
+        ("launch.sh", [], "missing CONFIG"),
+        ("launch.sh", ["configs/smoke.json"], "CONFIG 'configs/smoke.json' is not a .yaml"),
+        ("launch.sh", ["configs/smoke.yaml", "steps"], "override 'steps' is not key.path=value"),
+        ("logs.sh", ["--lines", "ten"], "--lines 'ten': expected a non-negative integer"),
+        ("logs.sh", ["--worker", "w1"], "--worker 'w1': expected a worker index"),
+        ("stop.sh", ["now"], "unknown argument 'now'"),
+        ("teardown.sh", ["--force"], "unknown argument '--force'"),
+    ],
+)
 def test_bad_arguments_exit_2_with_usage(script, args, message, env):
     out = _run(script, *args, env=env)
     assert out.returncode == 2
@@ -138,24 +166,65 @@ def test_missing_zone(env):
 
 
 def test_create(env):
-    calls = _dry_and_wet("create.sh", "--spot", "--name", "pod1", "--project=my-proj", env=env,
-                         ACCELERATOR_TYPE="v5litepod-16")
-    assert calls == [["compute", "tpus", "tpu-vm", "create", "pod1", f"--zone={ZONE}",
-                      "--accelerator-type=v5litepod-16", "--version=tpu-ubuntu2204-base",
-                      "--spot", "--project=my-proj"]]
+    calls = _dry_and_wet(
+        "create.sh",
+        "--spot",
+        "--name",
+        "pod1",
+        "--project=my-proj",
+        env=env,
+        ACCELERATOR_TYPE="v5litepod-16",
+    )
+    assert calls == [
+        [
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            "pod1",
+            f"--zone={ZONE}",
+            "--accelerator-type=v5litepod-16",
+            "--version=tpu-ubuntu2204-base",
+            "--spot",
+            "--project=my-proj",
+        ]
+    ]
 
 
 def test_create_queued(env):
-    calls = _dry_and_wet("create.sh", "--queued", "--accelerator-type", "v4-32",
-                         "--runtime-version", "tpu-vm-v4-base", env=env)
-    assert calls == [["compute", "tpus", "queued-resources", "create", "jaxrl-lrm-qr",
-                      "--node-id=jaxrl-lrm", f"--zone={ZONE}", "--accelerator-type=v4-32",
-                      "--runtime-version=tpu-vm-v4-base"]]
+    calls = _dry_and_wet(
+        "create.sh",
+        "--queued",
+        "--accelerator-type",
+        "v4-32",
+        "--runtime-version",
+        "tpu-vm-v4-base",
+        env=env,
+    )
+    assert calls == [
+        [
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            "jaxrl-lrm-qr",
+            "--node-id=jaxrl-lrm",
+            f"--zone={ZONE}",
+            "--accelerator-type=v4-32",
+            "--runtime-version=tpu-vm-v4-base",
+        ]
+    ]
 
 
 def test_install_clone(env):
-    calls = _dry_and_wet("install.sh", "--repo-url", "https://example.com/me/jaxrl_lrm.git",
-                         "--branch", "dev", env=env)
+    calls = _dry_and_wet(
+        "install.sh",
+        "--repo-url",
+        "https://example.com/me/jaxrl_lrm.git",
+        "--branch",
+        "dev",
+        env=env,
+    )
     assert len(calls) == 1
     argv = calls[0]
     assert argv[:5] == ["compute", "tpus", "tpu-vm", "ssh", "jaxrl-lrm"]
@@ -184,11 +253,21 @@ def test_launch_runs_the_same_train_command_on_every_worker(env, tmp_path):
     fake_bin = tmp_path / "fakepy"
     fake_bin.mkdir()
     _executable(fake_bin / "python3", FAKE_PYTHON)
-    extra = dict(HOME=str(home), PYTHON_LOG=str(tmp_path / "python.json"),
-                 PATH=f"{fake_bin}:{env['PATH']}")
+    extra = dict(
+        HOME=str(home), PYTHON_LOG=str(tmp_path / "python.json"), PATH=f"{fake_bin}:{env['PATH']}"
+    )
     overrides = ["train.steps=3", "run_dir=/mnt/runs/run one", "mesh.fsdp=-1"]
-    calls = _dry_and_wet("launch.sh", "configs/smoke.yaml", *overrides, "--remote-dir", "repo",
-                         "--name", "pod1", env=env, **extra)
+    calls = _dry_and_wet(
+        "launch.sh",
+        "configs/smoke.yaml",
+        *overrides,
+        "--remote-dir",
+        "repo",
+        "--name",
+        "pod1",
+        env=env,
+        **extra,
+    )
     (argv,) = calls
     assert argv[:5] == ["compute", "tpus", "tpu-vm", "ssh", "pod1"]
     assert f"--zone={ZONE}" in argv and "--worker=all" in argv
@@ -197,8 +276,18 @@ def test_launch_runs_the_same_train_command_on_every_worker(env, tmp_path):
     assert "--distributed" in remote and "train-$(hostname).log" in remote
     # Execute the remote command here (in the fake HOME) and check what the trainer received.
     Path(env["GCLOUD_LOG"]).unlink()
-    run = _run("launch.sh", "configs/smoke.yaml", *overrides, "--remote-dir", "repo",
-               "--name", "pod1", env=env, FAKE_SSH_EXEC="1", **extra)
+    run = _run(
+        "launch.sh",
+        "configs/smoke.yaml",
+        *overrides,
+        "--remote-dir",
+        "repo",
+        "--name",
+        "pod1",
+        env=env,
+        FAKE_SSH_EXEC="1",
+        **extra,
+    )
     assert run.returncode == 0, run.stderr
     assert "started pid" in run.stdout
     log_dir = home / "jaxrl_lrm_logs"
@@ -207,8 +296,14 @@ def test_launch_runs_the_same_train_command_on_every_worker(env, tmp_path):
             break
         subprocess.run(["sleep", "0.05"])
     got = json.loads((tmp_path / "python.json").read_text())
-    assert got["argv"] == ["-m", "jaxrl_lrm", "train", "configs/smoke.yaml", *overrides,
-                           "--distributed"]
+    assert got["argv"] == [
+        "-m",
+        "jaxrl_lrm",
+        "train",
+        "configs/smoke.yaml",
+        *overrides,
+        "--distributed",
+    ]
     assert Path(got["cwd"]) == home / "repo"
     (log,) = list(log_dir.glob("train-*.log"))
     assert log.name == f"train-{os.uname().nodename}.log"
@@ -216,8 +311,18 @@ def test_launch_runs_the_same_train_command_on_every_worker(env, tmp_path):
 
 def test_logs(env):
     calls = _dry_and_wet("logs.sh", "--lines", "50", env=env)
-    assert calls == [["compute", "tpus", "tpu-vm", "ssh", "jaxrl-lrm", f"--zone={ZONE}",
-                      "--worker=all", "--command=tail -n 50 ~/jaxrl_lrm_logs/*.log"]]
+    assert calls == [
+        [
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            "jaxrl-lrm",
+            f"--zone={ZONE}",
+            "--worker=all",
+            "--command=tail -n 50 ~/jaxrl_lrm_logs/*.log",
+        ]
+    ]
 
 
 def test_logs_follow_one_worker(env):
@@ -228,8 +333,18 @@ def test_logs_follow_one_worker(env):
 def test_logs_fetch(env, tmp_path):
     dest = tmp_path / "fetched"
     calls = _dry_and_wet("logs.sh", "--fetch", str(dest), env=env)
-    assert calls == [["compute", "tpus", "tpu-vm", "scp", "jaxrl-lrm:jaxrl_lrm_logs/*.log",
-                      f"{dest}/", f"--zone={ZONE}", "--worker=all"]]
+    assert calls == [
+        [
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "scp",
+            "jaxrl-lrm:jaxrl_lrm_logs/*.log",
+            f"{dest}/",
+            f"--zone={ZONE}",
+            "--worker=all",
+        ]
+    ]
     assert dest.is_dir()
 
 
@@ -239,12 +354,28 @@ def test_stop(env):
     assert "pkill -TERM -f '[p]ython3 -m jaxrl_lrm train'" in argv[-1]
 
 
-@pytest.mark.parametrize("args,expected", [
-    ([], ["compute", "tpus", "tpu-vm", "delete", "jaxrl-lrm", f"--zone={ZONE}"]),
-    (["--yes"], ["compute", "tpus", "tpu-vm", "delete", "jaxrl-lrm", f"--zone={ZONE}",
-                 "--quiet"]),
-    (["--queued", "--yes"], ["compute", "tpus", "queued-resources", "delete", "jaxrl-lrm-qr",
-                             f"--zone={ZONE}", "--force", "--quiet"]),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        ([], ["compute", "tpus", "tpu-vm", "delete", "jaxrl-lrm", f"--zone={ZONE}"]),
+        (
+            ["--yes"],
+            ["compute", "tpus", "tpu-vm", "delete", "jaxrl-lrm", f"--zone={ZONE}", "--quiet"],
+        ),
+        (
+            ["--queued", "--yes"],
+            [
+                "compute",
+                "tpus",
+                "queued-resources",
+                "delete",
+                "jaxrl-lrm-qr",
+                f"--zone={ZONE}",
+                "--force",
+                "--quiet",
+            ],
+        ),
+    ],
+)
 def test_teardown(args, expected, env):
     assert _dry_and_wet("teardown.sh", *args, env=env) == [expected]

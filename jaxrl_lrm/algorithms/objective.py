@@ -72,9 +72,8 @@ def objective(
       `L = surrogate(logp, old, w * A)` (PPO clip, GSPO sequence ratio, or CISPO)
           `+ beta * agg(kl_penalty(logp, ref, kl_kind))` (only with a reference and not
           `kl_in_reward`) `- entropy_coef * token-mean(entropy)`.
-    `old_logp_BT=None` means on-policy with a single update: the ratio's denominator is this
-    very pass (`stop_gradient(logp)`, ratio 1). The reference is given (`ref_logp_BT`) exactly
-    when `beta > 0`. Sources: TIS, Yao et al. 2025; the surrogates as in `losses`.
+    `old_logp_BT=None`: on-policy, one update (ratio 1 against `stop_gradient(logp)`). The
+    reference is given exactly when `beta > 0`. Sources: TIS, Yao et al. 2025; `losses`.
 
     With `denom = losses.Denominators.of(mask)` of the whole (mini)batch, the loss (and
     `loss/*` metrics) are this micro-batch's share: sum them and their gradients over

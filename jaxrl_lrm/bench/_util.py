@@ -29,8 +29,9 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict:
     `compile_s` is the wall time of the first warm-up call (compilation plus one run).
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats!r}, warmup={warmup!r}: expected repeats >= 1, "
-                         "warmup >= 0")
+        raise ValueError(
+            f"repeats={repeats!r}, warmup={warmup!r}: expected repeats >= 1, warmup >= 0"
+        )
     compile_s = 0.0
     result = None
     for i in range(warmup):
@@ -43,8 +44,12 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict:
         t0 = time.perf_counter()
         result = jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "median_s": statistics.median(times), "times_s": times,
-            "result": result}
+    return {
+        "compile_s": compile_s,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "result": result,
+    }
 
 
 def matmul_gflops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
@@ -53,8 +58,9 @@ def matmul_gflops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> fl
         raise ValueError(f"n={n!r}: expected a positive matrix size")
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    mm = jax.jit(lambda a, b: jnp.dot(a, b, precision="highest",
-                                      preferred_element_type=jnp.dtype(dtype)))
+    mm = jax.jit(
+        lambda a, b: jnp.dot(a, b, precision="highest", preferred_element_type=jnp.dtype(dtype))
+    )
     t = timed(lambda: mm(a, b), repeats)["median_s"]
     return 2 * n**3 / t / 1e9
 
@@ -87,15 +93,22 @@ def matmul_params(config: ModelConfig) -> dict:
     return {"layers": c.n_layers * (attn + mlp), "head": c.d_model * c.vocab_size}
 
 
-def forward_flops(config: ModelConfig, batch: int, seq_len: int, logit_positions: int,
-                  context: float | None = None) -> float:
+def forward_flops(
+    config: ModelConfig,
+    batch: int,
+    seq_len: int,
+    logit_positions: int,
+    context: float | None = None,
+) -> float:
     """Matmul FLOPs of one forward pass over `batch` rows of `seq_len` tokens, with logits at
     `logit_positions` per row: `2 * layer_params * tokens + 2 * D * V * logit tokens +
     4 * L * N * H * context * tokens` (QK^T and PV; `context` keys per query, default
     `seq_len`, i.e. the full score matrix)."""
     if min(batch, seq_len) < 1 or logit_positions < 0:
-        raise ValueError(f"batch={batch!r}, seq_len={seq_len!r}, logit_positions="
-                         f"{logit_positions!r}: expected positive sizes")
+        raise ValueError(
+            f"batch={batch!r}, seq_len={seq_len!r}, logit_positions="
+            f"{logit_positions!r}: expected positive sizes"
+        )
     c = config
     p = matmul_params(c)
     ctx = seq_len if context is None else context
@@ -122,9 +135,13 @@ def generate_flops(config: ModelConfig, batch: int, prompt_len: int, new_tokens:
 def machine() -> dict:
     """What the numbers were measured on: device kind, count, CPU count, load average."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-            "n_devices": jax.device_count(), "cpu_count": os.cpu_count(),
-            "loadavg_1_5_15": [round(x, 2) for x in load]}
+    return {
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.devices()[0].platform,
+        "n_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1_5_15": [round(x, 2) for x in load],
+    }
 
 
 def _unwrap(fn) -> tuple[Any, dict]:
@@ -150,8 +167,10 @@ def compiled_memory(fn, *args) -> dict:
     ma = jitted.lower(*args, **kwargs).compile().memory_analysis()
     if ma is None:
         return {}
-    return {k: int(getattr(ma, k + "_in_bytes")) for k in
-            ("argument_size", "output_size", "temp_size", "alias_size")}
+    return {
+        k: int(getattr(ma, k + "_in_bytes"))
+        for k in ("argument_size", "output_size", "temp_size", "alias_size")
+    }
 
 
 def print_table(rows: dict, title: str) -> None:

@@ -27,5 +27,4 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     }
     summary["bf16_over_fp32"] = summary["bf16_gflops"] / summary["fp32_gflops"]
     _util.print_table(summary, f"matmul n={args.n}, copy {args.copy_mib} MiB")
-    return {"summary": summary, "config": vars(args) | {"quick": quick},
-            "machine": _util.machine()}
+    return {"summary": summary, "config": vars(args) | {"quick": quick}, "machine": _util.machine()}

@@ -37,16 +37,22 @@ def _mb(n: float) -> float:
     return n / 2**20
 
 
-def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: str,
-            vocab_size: int = 8192) -> dict:
+def measure(
+    preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: str, vocab_size: int = 8192
+) -> dict:
     """One variant in this process: two full steps, then the memory figures (see module doc)."""
     if ref_dtype not in DTYPES:
         raise ValueError(f"ref_dtype={ref_dtype!r}: expected one of {DTYPES}")
     from jaxrl_lrm.bench import grpo_step
 
-    config = grpo_step.make_config(preset=preset, prompts=prompts, group=group,
-                                   new_tokens=new_tokens, ref_dtype=ref_dtype,
-                                   vocab_size=vocab_size)
+    config = grpo_step.make_config(
+        preset=preset,
+        prompts=prompts,
+        group=group,
+        new_tokens=new_tokens,
+        ref_dtype=ref_dtype,
+        vocab_size=vocab_size,
+    )
     parts = grpo_step.build(config)
     try:
         rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -62,8 +68,9 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
     prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
     rollout = s.programs.sample(st.params, prompts, st.rng, st.step)
     scored = s.programs.score(st, s.ref_params, rollout)
-    rewards = sharding.shard_batch(Rewards(rewards_B=np.zeros(len(ids), np.float32),
-                                           dense_BT=None), s.mesh)
+    rewards = sharding.shard_batch(
+        Rewards(rewards_B=np.zeros(len(ids), np.float32), dense_BT=None), s.mesh
+    )
     batch = RolloutBatch(rollout=rollout, scored=scored, rewards=rewards)
     progs = {
         "sample": _util.compiled_memory(s.programs.sample, st.params, prompts, st.rng, st.step),
@@ -74,8 +81,10 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
     if stats and "peak_bytes_in_use" in stats:
         device_peak, source = stats["peak_bytes_in_use"], "memory_stats"
     else:
-        extra = max((p["temp_size"] + p["output_size"] - p["alias_size"] for p in progs.values()
-                     if p), default=0)
+        extra = max(
+            (p["temp_size"] + p["output_size"] - p["alias_size"] for p in progs.values() if p),
+            default=0,
+        )
         device_peak, source = live + extra, "memory_analysis"
     return {
         "ref_dtype": ref_dtype,
@@ -94,8 +103,12 @@ def measure(preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: s
 
 def _child(argv: list[str]) -> dict:
     """Runs `measure` in a fresh interpreter so that each variant's peak RSS is its own."""
-    out = subprocess.run([sys.executable, "-m", "jaxrl_lrm.bench.memory", *argv],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrl_lrm.bench.memory", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"memory child {argv} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,29 +127,51 @@ def _parser() -> argparse.ArgumentParser:
 def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     """Both reference dtypes, each in its own subprocess; returns `{"summary": ...}`."""
     a = _parser().parse_args(extra_args or [])
-    sizes = [a.prompts or (2 if quick else 4), a.group or (4 if quick else 8),
-             a.new_tokens or (32 if quick else 128)]
+    sizes = [
+        a.prompts or (2 if quick else 4),
+        a.group or (4 if quick else 8),
+        a.new_tokens or (32 if quick else 128),
+    ]
     variants = {}
     for dtype in DTYPES:
-        variants[dtype] = _child(["--child", "--preset", a.preset, "--prompts", str(sizes[0]),
-                                  "--group", str(sizes[1]), "--new-tokens", str(sizes[2]),
-                                  "--vocab-size", str(a.vocab_size), "--ref-dtype", dtype])
+        variants[dtype] = _child(
+            [
+                "--child",
+                "--preset",
+                a.preset,
+                "--prompts",
+                str(sizes[0]),
+                "--group",
+                str(sizes[1]),
+                "--new-tokens",
+                str(sizes[2]),
+                "--vocab-size",
+                str(a.vocab_size),
+                "--ref-dtype",
+                dtype,
+            ]
+        )
     f32, b16 = variants["float32"], variants["bfloat16"]
     summary = {
-        "peak_rss_mb_ref_fp32": f32["peak_rss_mb"], "peak_rss_mb_ref_bf16": b16["peak_rss_mb"],
+        "peak_rss_mb_ref_fp32": f32["peak_rss_mb"],
+        "peak_rss_mb_ref_bf16": b16["peak_rss_mb"],
         "device_peak_mb_ref_fp32": f32["device_peak_mb"],
         "device_peak_mb_ref_bf16": b16["device_peak_mb"],
         "live_device_mb_ref_fp32": f32["live_device_mb"],
         "live_device_mb_ref_bf16": b16["live_device_mb"],
-        "ref_mb_fp32": f32["ref_mb"], "ref_mb_bf16": b16["ref_mb"],
+        "ref_mb_fp32": f32["ref_mb"],
+        "ref_mb_bf16": b16["ref_mb"],
         "device_source": f32["device_source"],
     }
-    _util.print_table(summary, f"memory of a GRPO step, {a.preset}, {sizes[0]} x {sizes[1]} x "
-                               f"{sizes[2]}")
-    return {"summary": summary, "variants": variants,
-            "config": {"preset": a.preset, "sizes": sizes, "vocab_size": a.vocab_size,
-                       "quick": quick},
-            "machine": _util.machine()}
+    _util.print_table(
+        summary, f"memory of a GRPO step, {a.preset}, {sizes[0]} x {sizes[1]} x {sizes[2]}"
+    )
+    return {
+        "summary": summary,
+        "variants": variants,
+        "config": {"preset": a.preset, "sizes": sizes, "vocab_size": a.vocab_size, "quick": quick},
+        "machine": _util.machine(),
+    }
 
 
 if __name__ == "__main__":
@@ -144,6 +179,12 @@ if __name__ == "__main__":
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--ref-dtype", default="float32")
     args = parser.parse_args()
-    result = measure(args.preset, args.prompts or 4, args.group or 8, args.new_tokens or 128,
-                     args.ref_dtype, args.vocab_size)
+    result = measure(
+        args.preset,
+        args.prompts or 4,
+        args.group or 8,
+        args.new_tokens or 128,
+        args.ref_dtype,
+        args.vocab_size,
+    )
     print(json.dumps(result, default=float))

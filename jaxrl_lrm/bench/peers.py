@@ -58,28 +58,40 @@ def word_tokenizer(vocab_size: int):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
 
 
 def hf_qwen3_config(config: ModelConfig):
     """The `transformers.Qwen3Config` of a Qwen3-layout `ModelConfig` (pad 0, EOS 1)."""
     if config.arch != "qwen3" or not config.qk_norm or config.qkv_bias:
-        raise ValueError(f"arch={config.arch!r}, qk_norm={config.qk_norm!r}, "
-                         f"qkv_bias={config.qkv_bias!r}: expected the Qwen3 layout "
-                         "('qwen3', qk_norm True, qkv_bias False)")
+        raise ValueError(
+            f"arch={config.arch!r}, qk_norm={config.qk_norm!r}, "
+            f"qkv_bias={config.qkv_bias!r}: expected the Qwen3 layout "
+            "('qwen3', qk_norm True, qkv_bias False)"
+        )
     if config.rope_scaling is not None:
         raise ValueError(f"rope_scaling={config.rope_scaling!r}: expected None (plain RoPE)")
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=config.vocab_size, hidden_size=config.d_model,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim,
-        intermediate_size=config.mlp_dim, rope_theta=config.rope_theta,
-        rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
-        max_position_embeddings=config.max_seq_len, attention_dropout=0.0,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None)
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        head_dim=config.head_dim,
+        intermediate_size=config.mlp_dim,
+        rope_theta=config.rope_theta,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        max_position_embeddings=config.max_seq_len,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
 
 
 class _Clock:
@@ -119,36 +131,89 @@ def _check_sizes(*, group: int, beta: float, **sizes) -> None:
 def _summary(step, gen, score, *, threads: int, trl, torch, gradient_checkpointing) -> dict:
     step_s = _median(step.times[1:])
     score_s = _median(score.times[1:])
-    return {"step_s": step_s, "step_times_s": step.times[1:], "warmup_s": step.times[0],
-            "generate_s": _median(gen.times[1:]), "score_s": score_s,
-            "update_s": step_s - score_s,
-            "mean_completion_len": _median(score.kept[1:]),
-            "threads": threads, "trl_version": trl.__version__,
-            "torch_version": torch.__version__,
-            "gradient_checkpointing": gradient_checkpointing}
+    return {
+        "step_s": step_s,
+        "step_times_s": step.times[1:],
+        "warmup_s": step.times[0],
+        "generate_s": _median(gen.times[1:]),
+        "score_s": score_s,
+        "update_s": step_s - score_s,
+        "mean_completion_len": _median(score.kept[1:]),
+        "threads": threads,
+        "trl_version": trl.__version__,
+        "torch_version": torch.__version__,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
 
 
-def _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step, *, prompts, group,
-                 new_tokens, beta, lr, repeats, seed, gradient_checkpointing):
+def _trl_trainer(
+    trl,
+    torch,
+    model_dir,
+    tmp,
+    reward,
+    data,
+    tokenizer,
+    step,
+    *,
+    prompts,
+    group,
+    new_tokens,
+    beta,
+    lr,
+    repeats,
+    seed,
+    gradient_checkpointing,
+):
     """TRL's `GRPOTrainer` on the saved random model: forced completion length, CPU, fp32."""
     args = trl.GRPOConfig(
-        output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=prompts * group,
-        gradient_accumulation_steps=1, num_generations=group,
-        max_completion_length=new_tokens, generation_kwargs={"min_new_tokens": new_tokens},
-        temperature=1.0, beta=beta, num_iterations=1, learning_rate=lr,
-        gradient_checkpointing=gradient_checkpointing, use_cpu=True, bf16=False,
-        fp16=False, report_to=[], logging_strategy="no", save_strategy="no",
-        max_steps=repeats + 1, seed=seed, disable_tqdm=True,
-        dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32})
-    return trl.GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=data,
-                           processing_class=tokenizer, callbacks=[step.callback()])
+        output_dir=os.path.join(tmp, "out"),
+        per_device_train_batch_size=prompts * group,
+        gradient_accumulation_steps=1,
+        num_generations=group,
+        max_completion_length=new_tokens,
+        generation_kwargs={"min_new_tokens": new_tokens},
+        temperature=1.0,
+        beta=beta,
+        num_iterations=1,
+        learning_rate=lr,
+        gradient_checkpointing=gradient_checkpointing,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to=[],
+        logging_strategy="no",
+        save_strategy="no",
+        max_steps=repeats + 1,
+        seed=seed,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    return trl.GRPOTrainer(
+        model=model_dir,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[step.callback()],
+    )
 
 
-def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int = 4,
-                       group: int = 8, new_tokens: int = 128, prompt_len: int = 16,
-                       repeats: int = 3, beta: float = 0.04, lr: float = 1e-6,
-                       gradient_checkpointing: bool = False, threads: int | None = None,
-                       seed: int = 0) -> dict:
+def trl_grpo_step_time(
+    *,
+    model_config: ModelConfig | None = None,
+    prompts: int = 4,
+    group: int = 8,
+    new_tokens: int = 128,
+    prompt_len: int = 16,
+    repeats: int = 3,
+    beta: float = 0.04,
+    lr: float = 1e-6,
+    gradient_checkpointing: bool = False,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Times TRL's GRPO step on a random-weight Qwen3 model of `model_config`'s shape.
 
     Args:
@@ -171,82 +236,122 @@ def trl_grpo_step_time(*, model_config: ModelConfig | None = None, prompts: int 
         reference log-probs, advantages), "update_s": step_s - score_s, "mean_completion_len",
         "threads", "trl_version", "torch_version", "gradient_checkpointing"}`.
     """
-    _check_sizes(prompts=prompts, group=group, new_tokens=new_tokens, prompt_len=prompt_len,
-                 repeats=repeats, beta=beta)
-    if model_config is None:
-        model_config = preset("bench-cpu", vocab_size=8192)
-    hf_config = hf_qwen3_config(model_config)
+    _check_sizes(
+        group=group,
+        beta=beta,
+        prompts=prompts,
+        new_tokens=new_tokens,
+        prompt_len=prompt_len,
+        repeats=repeats,
+    )
+    model_config = model_config or preset("bench-cpu", vocab_size=8192)
+    import torch
+    import trl
 
+    old_threads = torch.get_num_threads()
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    opts = dict(
+        prompts=prompts,
+        group=group,
+        new_tokens=new_tokens,
+        beta=beta,
+        lr=lr,
+        repeats=repeats,
+        seed=seed,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    try:
+        torch.manual_seed(seed)
+        step, gen, score = _train_timed(model_config, prompt_len, opts)
+    finally:
+        torch.set_num_threads(old_threads)
+    if len(step.times) != repeats + 1:
+        raise RuntimeError(f"TRL ran {len(step.times)} steps, expected {repeats + 1}")
+    return _summary(
+        step,
+        gen,
+        score,
+        threads=threads,
+        trl=trl,
+        torch=torch,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+def _train_timed(model_config: ModelConfig, prompt_len: int, opts: dict):
+    """Saves a random Qwen3 of `model_config`'s shape, builds TRL's trainer on random-word
+    prompts and trains `repeats + 1` steps; `(step timer, generate clock, score clock)`."""
     import datasets
     import numpy as np
     import torch
     import transformers
     import trl
 
-    old_threads = torch.get_num_threads()
-    threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        V = model_config.vocab_size
-        tokenizer = word_tokenizer(V)
-        rng = np.random.default_rng(seed)
-        n_rows = prompts * (repeats + 1)
-        words = rng.integers(len(SPECIAL_TOKENS), V, size=(n_rows, prompt_len))
-        data = datasets.Dataset.from_dict(
-            {"prompt": [" ".join(f"w{i}" for i in row) for row in words]})
+    V = model_config.vocab_size
+    tokenizer = word_tokenizer(V)
+    rng = np.random.default_rng(opts["seed"])
+    words = rng.integers(
+        len(SPECIAL_TOKENS), V, size=(opts["prompts"] * (opts["repeats"] + 1), prompt_len)
+    )
+    data = datasets.Dataset.from_dict({"prompt": [" ".join(f"w{i}" for i in row) for row in words]})
 
-        def reward(prompts, completions, **kwargs):  # cheap, varied within a group
-            return [float(c.count("w1") + len(c) % 5) for c in completions]
+    def reward(prompts, completions, **kwargs):  # cheap, varied within a group
+        return [float(c.count("w1") + len(c) % 5) for c in completions]
 
-        with tempfile.TemporaryDirectory() as tmp, _quiet():
-            model_dir = os.path.join(tmp, "policy")
-            model = transformers.Qwen3ForCausalLM(hf_config).to(torch.float32)
-            model.generation_config.eos_token_id = tokenizer.eos_token_id
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-            model.save_pretrained(model_dir)
-            step = _StepTimer()
-            trainer = _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step,
-                                   prompts=prompts, group=group, new_tokens=new_tokens,
-                                   beta=beta, lr=lr, repeats=repeats, seed=seed,
-                                   gradient_checkpointing=gradient_checkpointing)
-            for cb in (transformers.PrinterCallback, transformers.ProgressCallback):
-                trainer.remove_callback(cb)
-            gen = _Clock(trainer, "_generate")
-            score = _Clock(trainer, "_generate_and_score_completions",
-                           keep=lambda out: float(out["completion_mask"].sum(1).float().mean()))
-            trainer.train()
-    finally:
-        torch.set_num_threads(old_threads)
-    if len(step.times) != repeats + 1:
-        raise RuntimeError(f"TRL ran {len(step.times)} steps, expected {repeats + 1}")
-    return _summary(step, gen, score, threads=threads, trl=trl, torch=torch,
-                    gradient_checkpointing=gradient_checkpointing)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        model_dir = os.path.join(tmp, "policy")
+        model = transformers.Qwen3ForCausalLM(hf_qwen3_config(model_config)).to(torch.float32)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(model_dir)
+        step = _StepTimer()
+        trainer = _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step, **opts)
+        for cb in (transformers.PrinterCallback, transformers.ProgressCallback):
+            trainer.remove_callback(cb)
+        gen = _Clock(trainer, "_generate")
+        score = _Clock(
+            trainer,
+            "_generate_and_score_completions",
+            keep=lambda out: float(out["completion_mask"].sum(1).float().mean()),
+        )
+        trainer.train()
+    return step, gen, score
 
 
-def trl_grpo_step_time_isolated(*, model_config: ModelConfig | None = None,
-                                omp_wait_policy: str | None = None, timeout_s: float = 3600.0,
-                                **kwargs) -> dict:
+def trl_grpo_step_time_isolated(
+    *,
+    model_config: ModelConfig | None = None,
+    omp_wait_policy: str | None = None,
+    timeout_s: float = 3600.0,
+    **kwargs,
+) -> dict:
     """`trl_grpo_step_time` in a child process (same interpreter and package), with
     `OMP_WAIT_POLICY` set when `omp_wait_policy` is given ("ACTIVE" or "PASSIVE"); same
     arguments and result. Raises RuntimeError if the child fails."""
     if omp_wait_policy not in (None, "ACTIVE", "PASSIVE"):
-        raise ValueError(f"omp_wait_policy={omp_wait_policy!r}: expected None, 'ACTIVE' or "
-                         "'PASSIVE'")
+        raise ValueError(
+            f"omp_wait_policy={omp_wait_policy!r}: expected None, 'ACTIVE' or 'PASSIVE'"
+        )
     spec = dict(kwargs)
     if model_config is not None:
         spec["model_config"] = dataclasses.asdict(model_config)
     root = str(pathlib.Path(__file__).resolve().parents[2])
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     if omp_wait_policy is not None:
         env["OMP_WAIT_POLICY"] = omp_wait_policy
-    proc = subprocess.run([sys.executable, "-m", "jaxrl_lrm.bench.peers", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=timeout_s)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxrl_lrm.bench.peers", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"TRL peer process failed (exit {proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"TRL peer process failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+        )
     return json.loads(lines[-1])
 
 

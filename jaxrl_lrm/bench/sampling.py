@@ -63,9 +63,11 @@ def machine_peaks(repeats: int = 5) -> dict:
 
 def _nocache_step_fn(config):
     """One greedy token without a cache: the full causal forward over the sequence so far."""
+
     def step(params, tokens_BL):
         logits, _ = transformer.forward(params, config, tokens_BL)
         return jnp.argmax(logits[:, -1], axis=-1)
+
     return jax.jit(step)
 
 
@@ -75,10 +77,27 @@ def _prefill_fn(config, max_new_tokens):
         cache = transformer.init_cache(config, B, P + max_new_tokens)
         kv = jnp.concatenate([mask.astype(bool), jnp.ones((B, max_new_tokens), bool)], axis=1)
         pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        hidden, cache = transformer.forward_hidden(params, config, ids, positions_BT=pos,
-                                                   kv_mask_BS=kv, cache=cache, cache_index=0)
+        hidden, cache = transformer.forward_hidden(
+            params, config, ids, positions_BT=pos, kv_mask_BS=kv, cache=cache, cache_index=0
+        )
         return transformer.hidden_to_logits(params, config, hidden[:, -1]), cache
+
     return jax.jit(prefill)
+
+
+def _decode_floor(model, B: int, S: int, peaks: dict):
+    """One decode step's floor: max(bytes moved / copy bandwidth, FLOPs / matmul peak), with
+    the weights (the untied input embedding excepted) and the whole KV cache read once."""
+    c = model.config
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+    if not c.tie_embeddings:
+        param_bytes -= model.params["embed"].nbytes
+    cache_bytes = 2 * c.n_layers * B * S * c.n_kv_heads * c.head_dim * 4
+    matmul_params = (param_bytes // 4) - c.n_layers * 2 * c.d_model - c.d_model  # minus norms
+    flops = 2 * B * matmul_params + 4 * B * S * c.n_heads * c.head_dim * c.n_layers
+    floor_bw = (param_bytes + cache_bytes) / (peaks["copy_gbps"] * 1e9)
+    floor_flops = flops / (peaks["fp32_gflops"] * 1e9)
+    return max(floor_bw, floor_flops), floor_bw, floor_flops, param_bytes, cache_bytes, flops
 
 
 def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
@@ -110,17 +129,10 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     step_s = max(t_gen - t_prefill, 0.0) / (T - 1)
 
     peaks = machine_peaks(args.repeats)
-    c = config
     S = ids.shape[1] + T
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
-    if not c.tie_embeddings:
-        param_bytes -= model.params["embed"].nbytes
-    cache_bytes = 2 * c.n_layers * B * S * c.n_kv_heads * c.head_dim * 4
-    matmul_params = (param_bytes // 4) - c.n_layers * 2 * c.d_model - c.d_model  # minus norms
-    flops = 2 * B * matmul_params + 4 * B * S * c.n_heads * c.head_dim * c.n_layers
-    floor_bw = (param_bytes + cache_bytes) / (peaks["copy_gbps"] * 1e9)
-    floor_flops = flops / (peaks["fp32_gflops"] * 1e9)
-    floor_s = max(floor_bw, floor_flops)
+    floor_s, floor_bw, floor_flops, param_bytes, cache_bytes, flops = _decode_floor(
+        model, B, S, peaks
+    )
 
     # Without a cache: per-token time at the first and last lengths, integrated linearly.
     nocache = _nocache_step_fn(config)
@@ -130,8 +142,9 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     for length in (P, P + T - 1):
         toks = jnp.asarray(full[:, :length])
         jax.block_until_ready(nocache(model.params, toks))
-        t_len[length] = _median_time(lambda toks=toks: nocache(model.params, toks),
-                                     max(1, args.repeats - 2))
+        t_len[length] = _median_time(
+            lambda toks=toks: nocache(model.params, toks), max(1, args.repeats - 2)
+        )
     t_nocache = T * (t_len[P] + t_len[P + T - 1]) / 2
 
     tokens_per_s = B * T / t_gen
@@ -141,9 +154,17 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
             "speedup_vs_nocache": t_nocache / t_gen,
             "decode_step_vs_floor": step_s / floor_s,
         },
-        "config": {"preset": args.preset, "batch": B, "prompt_len": P, "new_tokens": T,
-                   "cache_len": S, "repeats": args.repeats, "quick": quick,
-                   "devices": str(jax.devices()[0].device_kind), "n_devices": jax.device_count()},
+        "config": {
+            "preset": args.preset,
+            "batch": B,
+            "prompt_len": P,
+            "new_tokens": T,
+            "cache_len": S,
+            "repeats": args.repeats,
+            "quick": quick,
+            "devices": str(jax.devices()[0].device_kind),
+            "n_devices": jax.device_count(),
+        },
         "generate_s": t_gen,
         "compile_s": compile_s,
         "prefill_s": t_prefill,
@@ -156,6 +177,6 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "nocache_step_s_first_last": [t_len[P], t_len[P + T - 1]],
         "nocache_s_extrapolated": t_nocache,
         "nocache_note": "full forward per token at the growing length; timed at the first and "
-                        "last length and integrated linearly over the steps",
+        "last length and integrated linearly over the steps",
         **peaks,
     }

@@ -29,16 +29,19 @@ from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
 from jaxrl_lrm.train.update import RLUpdateConfig
 
 
-def random_batch(config: models.ModelConfig, batch: int, prompt_len: int, new_tokens: int,
-                 seed: int = 0) -> RolloutBatch:
+def random_batch(
+    config: models.ModelConfig, batch: int, prompt_len: int, new_tokens: int, seed: int = 0
+) -> RolloutBatch:
     """A `RolloutBatch` with random tokens, rewards and reference log-probs.
 
     Prompts are left-padded by 0..3 tokens and completions end at random lengths >= half of
     `new_tokens`, so masks are not trivially all ones.
     """
     if min(batch, prompt_len, new_tokens) < 1:
-        raise ValueError(f"batch={batch!r}, prompt_len={prompt_len!r}, new_tokens={new_tokens!r}"
-                         ": expected positive sizes")
+        raise ValueError(
+            f"batch={batch!r}, prompt_len={prompt_len!r}, new_tokens={new_tokens!r}"
+            ": expected positive sizes"
+        )
     rng = np.random.default_rng(seed)
     L = prompt_len + new_tokens
     tokens = rng.integers(3, config.vocab_size, (batch, L)).astype(np.int32)
@@ -52,25 +55,40 @@ def random_batch(config: models.ModelConfig, batch: int, prompt_len: int, new_to
     return RolloutBatch(
         rollout=Rollout(tokens_BL=tokens, attn_BL=attn.astype(np.int32), sampler_logp_BT=logp),
         scored=Scored(old_logp_BT=None, ref_logp_BT=ref, values_BT=None),
-        rewards=Rewards(rewards_B=rng.normal(size=batch).astype(np.float32), dense_BT=None))
+        rewards=Rewards(rewards_B=rng.normal(size=batch).astype(np.float32), dense_BT=None),
+    )
 
 
-def make_update(model: models.Model, batch: int, prompt_len: int, new_tokens: int,
-                beta: float = 0.04):
+def make_update(
+    model: models.Model, batch: int, prompt_len: int, new_tokens: int, beta: float = 0.04
+):
     """`(programs, state)`: the trainer's jitted, donated RL update for GRPO with k3 KL."""
-    spec = algorithms.resolve(AlgorithmSection(name="grpo", beta=beta, kl_kind="k3",
-                                               group_size=min(8, batch)))
+    spec = algorithms.resolve(
+        AlgorithmSection(name="grpo", beta=beta, kl_kind="k3", group_size=min(8, batch))
+    )
     optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-6, total_updates=1000))
     mesh = sharding.make_mesh(1, 1, 1)
-    cfg = RLUpdateConfig(model=model.config, spec=spec, optimizer=optimizer, value_optimizer=None,
-                         prompt_len=prompt_len, max_new_tokens=new_tokens, temperature=1.0,
-                         epochs=1, minibatches=1, micro_batches=1, kl_controller=None)
-    samp = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                          eos_id=None, pad_id=0)
+    cfg = RLUpdateConfig(
+        model=model.config,
+        spec=spec,
+        optimizer=optimizer,
+        value_optimizer=None,
+        prompt_len=prompt_len,
+        max_new_tokens=new_tokens,
+        temperature=1.0,
+        epochs=1,
+        minibatches=1,
+        micro_batches=1,
+        kl_controller=None,
+    )
+    samp = SamplingConfig(
+        max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_id=None, pad_id=0
+    )
     params = sharding.shard_params(model.params, model.config, mesh)
     state = init_state(params, optimizer=optimizer, mesh=mesh, seed=0, kl_coef=beta)
-    programs = make_rl_programs(cfg, samp, mesh, state=state, ref_params=params, rows=batch,
-                                dense=False)
+    programs = make_rl_programs(
+        cfg, samp, mesh, state=state, ref_params=params, rows=batch, dense=False
+    )
     return programs, state, mesh
 
 
@@ -120,12 +138,16 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
     _util.print_table(summary, f"train_step {args.preset}: {B} x ({P} + {T}) tokens")
     return {
         "summary": summary,
-        "config": vars(args) | {"quick": quick, "params": config.num_params,
-                                "matmul_params": _util.matmul_params(config)},
+        "config": vars(args)
+        | {
+            "quick": quick,
+            "params": config.num_params,
+            "matmul_params": _util.matmul_params(config),
+        },
         "flops": flops,
         "flops_6nd": 6 * config.num_params * B * L,
         "flops_note": "3 x forward matmul FLOPs: blocks over all B*L tokens, output head at the "
-                      "B*T completion positions, attention over the full LxL score matrix",
+        "B*T completion positions, attention over the full LxL score matrix",
         "times_s": times,
         "peaks_gflops": peaks,
         "loss": loss,

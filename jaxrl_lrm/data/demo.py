@@ -29,7 +29,7 @@ class AdditionTask:
 
     def _pairs(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        return rng.integers(0, 10 ** self.digits, size=(n, 2))
+        return rng.integers(0, 10**self.digits, size=(n, 2))
 
     def prompt(self, a: int, b: int) -> str:
         return f"{a:0{self.digits}d}+{b:0{self.digits}d}="
@@ -44,8 +44,10 @@ class AdditionTask:
 
     def generate(self, n: int, seed: int) -> list[dict]:
         """Rows with `prompt` and `answer` (the true sum)."""
-        return [{"prompt": self.prompt(int(a), int(b)), "answer": self.answer(int(a), int(b))}
-                for a, b in self._pairs(n, seed)]
+        return [
+            {"prompt": self.prompt(int(a), int(b)), "answer": self.answer(int(a), int(b))}
+            for a, b in self._pairs(n, seed)
+        ]
 
     def sft_examples(self, n: int, seed: int) -> list[tuple[str, str]]:
         """`(prompt, completion)` pairs where a `wrong_frac` share drops the carries."""
@@ -66,8 +68,9 @@ def extract(completion: str, digits: int = 3) -> str | None:
     return None
 
 
-def addition_reward(prompts: list[str], completions: list[str], answer: list[str],
-                    **_) -> list[float]:
+def addition_reward(
+    prompts: list[str], completions: list[str], answer: list[str], **_
+) -> list[float]:
     """1.0 for a well-formed completion equal to the gold sum, else 0.0."""
     out = []
     for completion, gold in zip(completions, answer):

@@ -26,8 +26,16 @@ class PromptIterator:
       shuffle: permute each epoch (else rows come in source order).
     """
 
-    def __init__(self, source, batch_size: int, seed: int, *, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        source,
+        batch_size: int,
+        seed: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        shuffle: bool = True,
+    ):
         if len(source) < 1:
             raise ValueError(f"source has {len(source)} rows; expected at least 1")
         if batch_size < 1:
@@ -35,11 +43,16 @@ class PromptIterator:
         if process_count < 1:
             raise ValueError(f"process_count={process_count!r}: expected >= 1")
         if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index={process_index!r}: expected 0 <= process_index < "
-                             f"process_count={process_count}")
+            raise ValueError(
+                f"process_index={process_index!r}: expected 0 <= process_index < "
+                f"process_count={process_count}"
+            )
         self.source, self.batch_size, self.seed = source, batch_size, int(seed)
-        self.process_index, self.process_count, self.shuffle = (process_index, process_count,
-                                                                shuffle)
+        self.process_index, self.process_count, self.shuffle = (
+            process_index,
+            process_count,
+            shuffle,
+        )
         self.num_rows = len(source)
         self.epoch, self.position = 0, 0
         self._perm_epoch, self._perm = -1, None
@@ -59,7 +72,7 @@ class PromptIterator:
         while len(out) < count:
             order = self._order(self.epoch)
             k = min(count - len(out), self.num_rows - self.position)
-            out.extend(int(i) for i in order[self.position:self.position + k])
+            out.extend(int(i) for i in order[self.position : self.position + k])
             self.position += k
             if self.position == self.num_rows:
                 self.epoch, self.position = self.epoch + 1, 0
@@ -69,7 +82,7 @@ class PromptIterator:
         """This host's source indices for the next batch (advances like `next_batch`)."""
         glob = self._take(self.batch_size * self.process_count)
         lo = self.process_index * self.batch_size
-        return glob[lo:lo + self.batch_size]
+        return glob[lo : lo + self.batch_size]
 
     def next_batch(self) -> list[dict]:
         """This host's `batch_size` rows of the next global batch."""
@@ -83,8 +96,12 @@ class PromptIterator:
 
     def state(self) -> dict:
         """JSON-serialisable position in the stream (plus seed and size for checking)."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_rows": self.num_rows}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_rows": self.num_rows,
+        }
 
     def restore(self, state: dict) -> None:
         """Continues from `state()`: the next batches equal the uninterrupted iterator's."""
@@ -93,9 +110,11 @@ class PromptIterator:
                 raise ValueError(f"state[{key!r}]={state.get(key)!r}: expected an integer >= 0")
         for key, mine in (("seed", self.seed), ("num_rows", self.num_rows)):
             if key in state and state[key] != mine:
-                raise ValueError(f"state[{key!r}]={state[key]!r} does not match this "
-                                 f"iterator's {key}={mine!r}")
+                raise ValueError(
+                    f"state[{key!r}]={state[key]!r} does not match this iterator's {key}={mine!r}"
+                )
         if state["position"] >= self.num_rows:
-            raise ValueError(f"state['position']={state['position']!r}: expected < "
-                             f"{self.num_rows} rows")
+            raise ValueError(
+                f"state['position']={state['position']!r}: expected < {self.num_rows} rows"
+            )
         self.epoch, self.position = state["epoch"], state["position"]

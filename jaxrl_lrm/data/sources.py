@@ -32,8 +32,7 @@ def _rename(row: dict, prompt_field: str, answer_field: str, where: str) -> dict
     """Maps `prompt_field` -> "prompt" and `answer_field` -> "answer", keeping other columns."""
     for field in (prompt_field, answer_field):
         if field not in row:
-            raise ValueError(f"{where}: field {field!r} is missing; fields present: "
-                             f"{sorted(row)}")
+            raise ValueError(f"{where}: field {field!r} is missing; fields present: {sorted(row)}")
     out = {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}
     out["prompt"] = row[prompt_field]
     answer = row[answer_field]
@@ -49,10 +48,18 @@ def _rename(row: dict, prompt_field: str, answer_field: str, where: str) -> dict
 class ListSource:
     """Rows held in memory; each must have `prompt` and `answer`."""
 
-    def __init__(self, rows: Sequence[dict], prompt_field: str = "prompt",
-                 answer_field: str = "answer", *, where: str = "rows"):
-        self.rows = [_rename(dict(r), prompt_field, answer_field, f"{where}[{i}]")
-                     for i, r in enumerate(rows)]
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        prompt_field: str = "prompt",
+        answer_field: str = "answer",
+        *,
+        where: str = "rows",
+    ):
+        self.rows = [
+            _rename(dict(r), prompt_field, answer_field, f"{where}[{i}]")
+            for i, r in enumerate(rows)
+        ]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,8 +78,9 @@ def _check_file(path: str | Path, kind: str) -> Path:
 class JsonlSource(ListSource):
     """One JSON object per line (blank lines skipped), read eagerly."""
 
-    def __init__(self, path: str | Path, prompt_field: str = "prompt",
-                 answer_field: str = "answer"):
+    def __init__(
+        self, path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer"
+    ):
         path = _check_file(path, "jsonl")
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -85,8 +93,9 @@ class JsonlSource(ListSource):
                     raise ValueError(f"{str(path)!r} line {lineno}: not valid JSON ({e})") from None
                 if not isinstance(row, dict):
                     raise ValueError(f"{str(path)!r} line {lineno}: {row!r} is not a JSON object")
-                rows.append(_rename(row, prompt_field, answer_field,
-                                    f"{str(path)!r} line {lineno}"))
+                rows.append(
+                    _rename(row, prompt_field, answer_field, f"{str(path)!r} line {lineno}")
+                )
         self.path = path
         self.rows = rows
 
@@ -94,8 +103,9 @@ class JsonlSource(ListSource):
 class ParquetSource:
     """A Parquet file read with pyarrow; rows are converted on access."""
 
-    def __init__(self, path: str | Path, prompt_field: str = "prompt",
-                 answer_field: str = "answer"):
+    def __init__(
+        self, path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer"
+    ):
         import pyarrow.parquet as pq
 
         self.path = _check_file(path, "parquet")
@@ -103,8 +113,10 @@ class ParquetSource:
         names = self.table.column_names
         for field in (prompt_field, answer_field):
             if field not in names:
-                raise ValueError(f"{str(self.path)!r}: field {field!r} is missing; fields "
-                                 f"present: {sorted(names)}")
+                raise ValueError(
+                    f"{str(self.path)!r}: field {field!r} is missing; fields "
+                    f"present: {sorted(names)}"
+                )
         self.prompt_field, self.answer_field = prompt_field, answer_field
 
     def __len__(self) -> int:
@@ -124,8 +136,11 @@ def _to_python(x: Any) -> Any:
     if isinstance(x, bytes):
         return x.decode("utf-8")
     if isinstance(x, np.ndarray):
-        return [_to_python(v) for v in x.tolist()] if x.dtype == object else (
-            x.item() if x.ndim == 0 else x.tolist())
+        return (
+            [_to_python(v) for v in x.tolist()]
+            if x.dtype == object
+            else (x.item() if x.ndim == 0 else x.tolist())
+        )
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, dict):
@@ -156,10 +171,12 @@ KNOWN_TFDS = {"gsm8k": (("question", "answer"), _map_gsm8k)}
 
 
 def tfds_prepare_hint(name: str, data_dir: str | Path) -> str:
-    return (f"prepare it on a machine with network access, in array_record format, then copy "
-            f"the directory here:\n  tfds build {name} --data_dir {data_dir} "
-            f"--file_format array_record\nor in Python:\n  tfds.builder({name!r}, "
-            f"data_dir={str(data_dir)!r}, file_format='array_record').download_and_prepare()")
+    return (
+        f"prepare it on a machine with network access, in array_record format, then copy "
+        f"the directory here:\n  tfds build {name} --data_dir {data_dir} "
+        f"--file_format array_record\nor in Python:\n  tfds.builder({name!r}, "
+        f"data_dir={str(data_dir)!r}, file_format='array_record').download_and_prepare()"
+    )
 
 
 class TfdsSource:
@@ -170,8 +187,14 @@ class TfdsSource:
     "answer"; other names use the given fields like `JsonlSource`.
     """
 
-    def __init__(self, name: str, data_dir: str | Path, split: str,
-                 prompt_field: str | None = None, answer_field: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        data_dir: str | Path,
+        split: str,
+        prompt_field: str | None = None,
+        answer_field: str | None = None,
+    ):
         import tensorflow_datasets as tfds
 
         self.name, self.data_dir, self.split = name, Path(data_dir), split
@@ -184,34 +207,44 @@ class TfdsSource:
             required = (pf, af)
             self._map = lambda row: _rename(row, pf, af, f"TFDS {name!r} split {split!r}")
         if not self.data_dir.is_dir():
-            raise ValueError(f"TFDS data_dir {str(self.data_dir)!r} does not exist; "
-                             + tfds_prepare_hint(base, self.data_dir))
+            raise ValueError(
+                f"TFDS data_dir {str(self.data_dir)!r} does not exist; "
+                + tfds_prepare_hint(base, self.data_dir)
+            )
         prepared = self.data_dir / name.split(":")[0]
         if not (prepared.is_dir() and any(prepared.rglob("dataset_info.json"))):
-            raise ValueError(f"TFDS dataset {name!r} is not prepared in "
-                             f"{str(self.data_dir)!r} (no {str(prepared)!r} with a "
-                             "dataset_info.json); " + tfds_prepare_hint(base, self.data_dir))
+            raise ValueError(
+                f"TFDS dataset {name!r} is not prepared in "
+                f"{str(self.data_dir)!r} (no {str(prepared)!r} with a "
+                "dataset_info.json); " + tfds_prepare_hint(base, self.data_dir)
+            )
         try:
-            self.ds = tfds.data_source(name, data_dir=str(self.data_dir), split=split,
-                                       download=False)
+            self.ds = tfds.data_source(
+                name, data_dir=str(self.data_dir), split=split, download=False
+            )
         except NotImplementedError as e:  # prepared, but as TFRecord: no random access
-            raise ValueError(f"TFDS dataset {name!r} in {str(self.data_dir)!r} is not in "
-                             f"array_record format ({str(e).splitlines()[0]}); "
-                             + tfds_prepare_hint(base, self.data_dir)) from None
+            raise ValueError(
+                f"TFDS dataset {name!r} in {str(self.data_dir)!r} is not in "
+                f"array_record format ({str(e).splitlines()[0]}); "
+                + tfds_prepare_hint(base, self.data_dir)
+            ) from None
         except Exception as e:  # DatasetNotFoundError, AssertionError (no files), bad split...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             bad_split = "split" in first.lower() and "DatasetNotFound" not in type(e).__name__
-            raise ValueError(f"TFDS dataset {name!r} split {split!r} is not available in "
-                             f"{str(self.data_dir)!r} ({type(e).__name__}: {first})"
-                             + ("" if bad_split else "; " + tfds_prepare_hint(
-                                 base, self.data_dir))) from None
+            raise ValueError(
+                f"TFDS dataset {name!r} split {split!r} is not available in "
+                f"{str(self.data_dir)!r} ({type(e).__name__}: {first})"
+                + ("" if bad_split else "; " + tfds_prepare_hint(base, self.data_dir))
+            ) from None
         features = getattr(getattr(self.ds, "dataset_info", None), "features", None)
         if features is not None and hasattr(features, "keys"):
             present = sorted(features.keys())
             for field in required:
                 if field not in present:
-                    raise ValueError(f"TFDS dataset {name!r} in {str(self.data_dir)!r}: field "
-                                     f"{field!r} is missing; fields present: {present}")
+                    raise ValueError(
+                        f"TFDS dataset {name!r} in {str(self.data_dir)!r}: field "
+                        f"{field!r} is missing; fields present: {present}"
+                    )
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -271,8 +304,9 @@ class SliceSource:
 
     def __init__(self, source: PromptSource, start: int, stop: int):
         if not 0 <= start <= stop <= len(source):
-            raise ValueError(f"slice [{start}, {stop}) is not inside a source of "
-                             f"{len(source)} rows")
+            raise ValueError(
+                f"slice [{start}, {stop}) is not inside a source of {len(source)} rows"
+            )
         self.source, self.start, self.stop = source, start, stop
 
     def __len__(self) -> int:
@@ -296,10 +330,15 @@ def task_seed(seed: int, split: str) -> int:
 def _held_out(full: PromptSource, split: str, eval_size: int, where: str) -> PromptSource:
     n = len(full)
     if eval_size >= n:
-        raise ValueError(f"data.eval_size={eval_size} is not smaller than the {n} rows of "
-                         f"{where}; lower it or set data.eval_split")
-    return SliceSource(full, 0, n - eval_size) if split == "train" else SliceSource(
-        full, n - eval_size, n)
+        raise ValueError(
+            f"data.eval_size={eval_size} is not smaller than the {n} rows of "
+            f"{where}; lower it or set data.eval_split"
+        )
+    return (
+        SliceSource(full, 0, n - eval_size)
+        if split == "train"
+        else SliceSource(full, n - eval_size, n)
+    )
 
 
 def make_source(data, split: str, *, seed: int = 0) -> PromptSource:
@@ -331,18 +370,31 @@ def make_source(data, split: str, *, seed: int = 0) -> PromptSource:
     if data.source == "tfds":
         if data.name is None:
             raise ValueError("data.name=None: expected a TFDS dataset name for source='tfds'")
-        open_split = lambda s: TfdsSource(data.name, data.path, s, data.prompt_field,
-                                          data.answer_field)
+        open_split = lambda s: TfdsSource(
+            data.name, data.path, s, data.prompt_field, data.answer_field
+        )
         if data.eval_split is not None:
             return open_split(data.split if split == "train" else data.eval_split)
-        return _held_out(open_split(data.split), split, data.eval_size,
-                         f"TFDS {data.name!r} split {data.split!r}")
+        return _held_out(
+            open_split(data.split),
+            split,
+            data.eval_size,
+            f"TFDS {data.name!r} split {data.split!r}",
+        )
     if data.source in ("jsonl", "parquet"):
         cls = JsonlSource if data.source == "jsonl" else ParquetSource
         if data.eval_split is not None:
-            return cls(data.path if split == "train" else data.eval_split,
-                       data.prompt_field, data.answer_field)
-        return _held_out(cls(data.path, data.prompt_field, data.answer_field), split,
-                         data.eval_size, repr(str(data.path)))
-    raise ValueError(f"data.source={data.source!r}: expected one of 'task', 'jsonl', "
-                     "'parquet', 'tfds'")
+            return cls(
+                data.path if split == "train" else data.eval_split,
+                data.prompt_field,
+                data.answer_field,
+            )
+        return _held_out(
+            cls(data.path, data.prompt_field, data.answer_field),
+            split,
+            data.eval_size,
+            repr(str(data.path)),
+        )
+    raise ValueError(
+        f"data.source={data.source!r}: expected one of 'task', 'jsonl', 'parquet', 'tfds'"
+    )

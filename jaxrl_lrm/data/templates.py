@@ -22,8 +22,9 @@ R1_SYSTEM = (
 R1_TEMPLATE = "{system}\nUser: {question}\nAssistant: <think>"
 
 
-def render_prompt(question: str, tokenizer=None, template: str = "auto",
-                  system: str | None = None) -> str:
+def render_prompt(
+    question: str, tokenizer=None, template: str = "auto", system: str | None = None
+) -> str:
     """Renders `question` into prompt text with the chosen template.
 
     Args:
@@ -47,12 +48,13 @@ def render_prompt(question: str, tokenizer=None, template: str = "auto",
         template = "chat" if has_chat else "r1"
     if template == "chat":
         if not has_chat:
-            raise ValueError(f"template='chat' but the tokenizer {tokenizer!r} has no "
-                             "chat_template; use template='r1' or 'plain'")
+            raise ValueError(
+                f"template='chat' but the tokenizer {tokenizer!r} has no "
+                "chat_template; use template='r1' or 'plain'"
+            )
         messages = [{"role": "system", "content": system}] if system is not None else []
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages)
     if template == "r1":
-        return R1_TEMPLATE.format(system=R1_SYSTEM if system is None else system,
-                                  question=question)
+        return R1_TEMPLATE.format(system=R1_SYSTEM if system is None else system, question=question)
     return question if system is None else f"{system}\n\n{question}"

@@ -30,8 +30,10 @@ class CharTokenizer:
         seen: dict[str, int] = {}
         for i, ch in enumerate(alphabet):
             if ch in seen:
-                raise ValueError(f"alphabet={alphabet!r}: character {ch!r} appears twice "
-                                 f"(positions {seen[ch]} and {i}); expected distinct characters")
+                raise ValueError(
+                    f"alphabet={alphabet!r}: character {ch!r} appears twice "
+                    f"(positions {seen[ch]} and {i}); expected distinct characters"
+                )
             seen[ch] = i
         self.alphabet = alphabet
         self.pad_id, self.eos_id, self.bos_id = 0, 1, 2
@@ -44,8 +46,10 @@ class CharTokenizer:
         for pos, ch in enumerate(text):
             i = self._to_id.get(ch)
             if i is None:
-                raise ValueError(f"character {ch!r} at position {pos} of {text!r} is not in the "
-                                 f"alphabet {self.alphabet!r}")
+                raise ValueError(
+                    f"character {ch!r} at position {pos} of {text!r} is not in the "
+                    f"alphabet {self.alphabet!r}"
+                )
             ids.append(i)
         return ids
 
@@ -55,8 +59,9 @@ class CharTokenizer:
         for i in ids:
             i = int(i)
             if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is out of range; expected 0 <= id < "
-                                 f"{self.vocab_size}")
+                raise ValueError(
+                    f"token id {i} is out of range; expected 0 <= id < {self.vocab_size}"
+                )
             if i < len(_SPECIALS):
                 if not skip_special_tokens:
                     out.append(_SPECIALS[i])
@@ -69,15 +74,18 @@ class CharTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CHAR_TOKENIZER_FILE).write_text(
-            json.dumps({"type": "char", "alphabet": self.alphabet}, ensure_ascii=False))
+            json.dumps({"type": "char", "alphabet": self.alphabet}, ensure_ascii=False)
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> CharTokenizer:
         """Reads the tokenizer that `save_pretrained` wrote into `directory`."""
         file = Path(directory) / CHAR_TOKENIZER_FILE
         if not file.is_file():
-            raise ValueError(f"{str(file)!r} does not exist; expected a directory written by "
-                             f"CharTokenizer.save_pretrained")
+            raise ValueError(
+                f"{str(file)!r} does not exist; expected a directory written by "
+                f"CharTokenizer.save_pretrained"
+            )
         data = json.loads(file.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("alphabet"), str):
             raise ValueError(f"{str(file)!r}: expected a JSON object with a string 'alphabet'")
@@ -118,16 +126,18 @@ class HFTokenizer:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode([int(i) for i in ids],
-                                     skip_special_tokens=skip_special_tokens)
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         """Renders `messages` with the chat template, ending with the generation prompt."""
         if self.chat_template is None:
-            raise ValueError("this tokenizer has no chat_template; use template='r1' or "
-                             "'plain', or a tokenizer that ships one")
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+            raise ValueError(
+                "this tokenizer has no chat_template; use template='r1' or "
+                "'plain', or a tokenizer that ships one"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.tokenizer.save_pretrained(str(directory))
@@ -147,6 +157,8 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | HFTokenizer:
         return CharTokenizer.from_pretrained(path)
     hf_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not path.is_dir() or not any((path / f).is_file() for f in hf_files):
-        raise ValueError(f"tokenizer path {str(path)!r} holds neither {CHAR_TOKENIZER_FILE} nor "
-                         f"Hugging Face tokenizer files (one of {list(hf_files)})")
+        raise ValueError(
+            f"tokenizer path {str(path)!r} holds neither {CHAR_TOKENIZER_FILE} nor "
+            f"Hugging Face tokenizer files (one of {list(hf_files)})"
+        )
     return HFTokenizer.from_pretrained(path)

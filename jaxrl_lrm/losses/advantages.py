@@ -98,12 +98,7 @@ def _masked_reverse_scan(
 
 
 def gae(
-    rewards: jax.Array,
-    values: jax.Array,
-    mask: jax.Array,
-    *,
-    gamma: float = 1.0,
-    lam: float = 1.0,
+    rewards: jax.Array, values: jax.Array, mask: jax.Array, *, gamma: float = 1.0, lam: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
     """Generalised advantage estimation over response tokens (a reverse `lax.scan`).
 

@@ -36,10 +36,13 @@ def read_rows(config: Config, split: str, target_field: str, extra: tuple[str, .
         row = src[i]
         for field in extra:
             if not isinstance(row.get(field), str):
-                raise ValueError(f"{split} row {i}: field {field!r}={row.get(field)!r}: "
-                                 f"expected a string (fields present: {sorted(row)})")
-        rows.append({"prompt": row["prompt"], "target": str(row["answer"]),
-                     **{f: row[f] for f in extra}})
+                raise ValueError(
+                    f"{split} row {i}: field {field!r}={row.get(field)!r}: "
+                    f"expected a string (fields present: {sorted(row)})"
+                )
+        rows.append(
+            {"prompt": row["prompt"], "target": str(row["answer"]), **{f: row[f] for f in extra}}
+        )
     return rows
 
 
@@ -47,12 +50,18 @@ def check_prompt_lengths(pairs, tokenizer, render, prompt_len: int) -> None:
     for prompt, _ in pairs:
         n = len(tokenizer.encode(render(prompt)))
         if n > prompt_len:
-            raise ValueError(f"prompt of {n} tokens exceeds data.max_prompt_len={prompt_len}: "
-                             f"{prompt[:80]!r}")
+            raise ValueError(
+                f"prompt of {n} tokens exceeds data.max_prompt_len={prompt_len}: {prompt[:80]!r}"
+            )
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer, prompt_len: int, completion_len: int,
-                 render: Callable[[str], str] = lambda s: s) -> dict:
+def encode_pairs(
+    pairs: list[tuple[str, str]],
+    tokenizer,
+    prompt_len: int,
+    completion_len: int,
+    render: Callable[[str], str] = lambda s: s,
+) -> dict:
     """NumPy `tokens_BL`, `attn_BL`, `loss_mask_BL` (L = prompt_len + completion_len) of
     (prompt, completion) pairs: left-padded prompt, completion + EOS right-padded."""
     prompts = [tokenizer.encode(render(p)) for p, _ in pairs]
@@ -63,13 +72,17 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer, prompt_len: int, compl
     for i, (_, c) in enumerate(pairs):
         ids = tokenizer.encode(c) + [tokenizer.eos_id]
         if len(ids) > T:
-            raise ValueError(f"completion {c[:60]!r} has {len(ids)} tokens with EOS; "
-                             f"sampling.max_new_tokens={T} is too small")
+            raise ValueError(
+                f"completion {c[:60]!r} has {len(ids)} tokens with EOS; "
+                f"sampling.max_new_tokens={T} is too small"
+            )
         comp[i, : len(ids)] = ids
         cmask[i, : len(ids)] = 1
-    return {"tokens_BL": np.concatenate([ids_BP, comp], axis=1),
-            "attn_BL": np.concatenate([mask_BP, cmask], axis=1),
-            "loss_mask_BL": np.concatenate([np.zeros_like(mask_BP), cmask], axis=1)}
+    return {
+        "tokens_BL": np.concatenate([ids_BP, comp], axis=1),
+        "attn_BL": np.concatenate([mask_BP, cmask], axis=1),
+        "loss_mask_BL": np.concatenate([np.zeros_like(mask_BP), cmask], axis=1),
+    }
 
 
 def encode_checked(config: Config, pairs, tokenizer, render) -> dict:
@@ -77,5 +90,6 @@ def encode_checked(config: Config, pairs, tokenizer, render) -> dict:
     if not pairs:
         raise ValueError("no examples: the data source gave 0 (prompt, completion) pairs")
     check_prompt_lengths(pairs, tokenizer, render, config.data.max_prompt_len)
-    return encode_pairs(pairs, tokenizer, config.data.max_prompt_len,
-                        config.sampling.max_new_tokens, render)
+    return encode_pairs(
+        pairs, tokenizer, config.data.max_prompt_len, config.sampling.max_new_tokens, render
+    )

@@ -26,29 +26,33 @@ def read_pairs(config: Config, split: str) -> list[tuple[str, str, str]]:
     """`(prompt, chosen, rejected)` triples from `data.prompt_field`, `data.chosen_field`,
     `data.rejected_field` of the JSONL / Parquet / TFDS source."""
     if config.data.source == "task":
-        raise ValueError("data.source='task': preference stages read (prompt, chosen, rejected) "
-                         "rows; expected data.source 'jsonl', 'parquet' or 'tfds'")
-    rows = read_rows(config, split, config.data.chosen_field,
-                            extra=(config.data.rejected_field,))
+        raise ValueError(
+            "data.source='task': preference stages read (prompt, chosen, rejected) "
+            "rows; expected data.source 'jsonl', 'parquet' or 'tfds'"
+        )
+    rows = read_rows(config, split, config.data.chosen_field, extra=(config.data.rejected_field,))
     return [(r["prompt"], r["target"], r[config.data.rejected_field]) for r in rows]
 
 
-def encode_preferences(triples, tokenizer, prompt_len: int, completion_len: int,
-                       render=lambda s: s) -> dict:
+def encode_preferences(
+    triples, tokenizer, prompt_len: int, completion_len: int, render=lambda s: s
+) -> dict:
     """Chosen and rejected sequences in `sft.encode_pairs` layout, keys suffixed `_c` / `_r`."""
     if not triples:
         raise ValueError("no preference pairs: the data source gave 0 rows")
     check_prompt_lengths([(p, c) for p, c, _ in triples], tokenizer, render, prompt_len)
     out = {}
     for suffix, k in (("_c", 1), ("_r", 2)):
-        enc = encode_pairs([(t[0], t[k]) for t in triples], tokenizer, prompt_len,
-                               completion_len, render)
+        enc = encode_pairs(
+            [(t[0], t[k]) for t in triples], tokenizer, prompt_len, completion_len, render
+        )
         out.update({f"{name}{suffix}": v for name, v in enc.items()})
     return out
 
 
-def sequence_logprobs(params, model_config, tokens_BL, attn_BL, loss_mask_BL,
-                      prompt_len: int) -> jax.Array:
+def sequence_logprobs(
+    params, model_config, tokens_BL, attn_BL, loss_mask_BL, prompt_len: int
+) -> jax.Array:
     """`[B]` float32: sum of log-probs of the completion tokens (`loss_mask_BL == 1`)."""
     logp_BT, _ = completion_logprobs(params, model_config, tokens_BL, attn_BL, prompt_len)
     return jnp.sum(logp_BT * loss_mask_BL[:, prompt_len:].astype(jnp.float32), axis=1)
@@ -56,24 +60,40 @@ def sequence_logprobs(params, model_config, tokens_BL, attn_BL, loss_mask_BL,
 
 def pair_logprobs(params, model_config, batch: dict, prompt_len: int):
     """`(chosen_logp[B], rejected_logp[B])` in one forward pass over the 2B sequences."""
-    cat = {k: jnp.concatenate([batch[f"{k}_c"], batch[f"{k}_r"]])
-           for k in ("tokens_BL", "attn_BL", "loss_mask_BL")}
-    logp = sequence_logprobs(params, model_config, cat["tokens_BL"], cat["attn_BL"],
-                             cat["loss_mask_BL"], prompt_len)
+    cat = {
+        k: jnp.concatenate([batch[f"{k}_c"], batch[f"{k}_r"]])
+        for k in ("tokens_BL", "attn_BL", "loss_mask_BL")
+    }
+    logp = sequence_logprobs(
+        params, model_config, cat["tokens_BL"], cat["attn_BL"], cat["loss_mask_BL"], prompt_len
+    )
     n = batch["tokens_BL_c"].shape[0]
     return logp[:n], logp[n:]
 
 
-def dpo_terms(params, ref_params, model_config, batch: dict, *, prompt_len: int, beta: float,
-              label_smoothing: float = 0.0) -> dict:
+def dpo_terms(
+    params,
+    ref_params,
+    model_config,
+    batch: dict,
+    *,
+    prompt_len: int,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> dict:
     """Per-pair `loss`, `chosen_reward`, `rejected_reward` (implicit rewards), all `[B]`."""
     chosen, rejected = pair_logprobs(params, model_config, batch, prompt_len)
     ref_chosen, ref_rejected = jax.lax.stop_gradient(
-        pair_logprobs(ref_params, model_config, batch, prompt_len))
-    loss = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta,
-                           label_smoothing=label_smoothing)
-    return {"loss": loss, "chosen_reward": beta * (chosen - ref_chosen),
-            "rejected_reward": beta * (rejected - ref_rejected)}
+        pair_logprobs(ref_params, model_config, batch, prompt_len)
+    )
+    loss = losses.dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, beta=beta, label_smoothing=label_smoothing
+    )
+    return {
+        "loss": loss,
+        "chosen_reward": beta * (chosen - ref_chosen),
+        "rejected_reward": beta * (rejected - ref_rejected),
+    }
 
 
 def pair_denominators(batch: dict) -> losses.Denominators:
@@ -86,16 +106,34 @@ def mean_over_pairs(x_B, denom: losses.Denominators | None):
     return jnp.mean(x_B) if denom is None else jnp.sum(x_B) / denom.rows
 
 
-def dpo_batch_loss(params, ref_params, model_config, batch: dict, denom=None, *,
-                   prompt_len: int, beta: float, label_smoothing: float = 0.0):
+def dpo_batch_loss(
+    params,
+    ref_params,
+    model_config,
+    batch: dict,
+    denom=None,
+    *,
+    prompt_len: int,
+    beta: float,
+    label_smoothing: float = 0.0,
+):
     """`(mean loss, metrics)` of a batch of pairs: `dpo/loss`, `dpo/reward_accuracy`,
     `dpo/margin`, `dpo/chosen_reward`, `dpo/rejected_reward`."""
-    t = dpo_terms(params, ref_params, model_config, batch, prompt_len=prompt_len, beta=beta,
-                  label_smoothing=label_smoothing)
+    t = dpo_terms(
+        params,
+        ref_params,
+        model_config,
+        batch,
+        prompt_len=prompt_len,
+        beta=beta,
+        label_smoothing=label_smoothing,
+    )
     loss = mean_over_pairs(t["loss"], denom)
     margin = t["chosen_reward"] - t["rejected_reward"]
-    return loss, {"dpo/loss": loss,
-                  "dpo/reward_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-                  "dpo/margin": jnp.mean(margin),
-                  "dpo/chosen_reward": jnp.mean(t["chosen_reward"]),
-                  "dpo/rejected_reward": jnp.mean(t["rejected_reward"])}
+    return loss, {
+        "dpo/loss": loss,
+        "dpo/reward_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
+        "dpo/margin": jnp.mean(margin),
+        "dpo/chosen_reward": jnp.mean(t["chosen_reward"]),
+        "dpo/rejected_reward": jnp.mean(t["rejected_reward"]),
+    }

@@ -56,8 +56,9 @@ def pair_rewards(params, model_config, batch: dict):
 
 def bradley_terry_loss(r_chosen, r_rejected) -> jax.Array:
     """`[B]`: `-log_sigmoid(r_chosen - r_rejected)`."""
-    return -jax.nn.log_sigmoid(jnp.asarray(r_chosen, jnp.float32) -
-                               jnp.asarray(r_rejected, jnp.float32))
+    return -jax.nn.log_sigmoid(
+        jnp.asarray(r_chosen, jnp.float32) - jnp.asarray(r_rejected, jnp.float32)
+    )
 
 
 def rm_terms(params, model_config, batch: dict) -> dict:
@@ -72,9 +73,13 @@ def rm_batch_loss(params, model_config, batch: dict, denom=None):
     t = rm_terms(params, model_config, batch)
     loss = mean_over_pairs(t["loss"], denom)
     margin = t["r_chosen"] - t["r_rejected"]
-    return loss, {"rm/loss": loss, "rm/accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-                  "rm/margin": jnp.mean(margin), "rm/chosen_reward": jnp.mean(t["r_chosen"]),
-                  "rm/rejected_reward": jnp.mean(t["r_rejected"])}
+    return loss, {
+        "rm/loss": loss,
+        "rm/accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
+        "rm/margin": jnp.mean(margin),
+        "rm/chosen_reward": jnp.mean(t["r_chosen"]),
+        "rm/rejected_reward": jnp.mean(t["r_rejected"]),
+    }
 
 
 # --------------------------------------------------------------------------- save / load
@@ -99,8 +104,16 @@ def build_reward_model(config: Config, mesh):
     return tokenizer, model.replace(params={**model.params, "value_head": head})
 
 
-def score(model: models.Model, prompts: list[str], completions: list[str], *, prompt_len: int,
-          completion_len: int, tokenizer=None, render=lambda s: s) -> np.ndarray:
+def score(
+    model: models.Model,
+    prompts: list[str],
+    completions: list[str],
+    *,
+    prompt_len: int,
+    completion_len: int,
+    tokenizer=None,
+    render=lambda s: s,
+) -> np.ndarray:
     """Host helper: `[N]` rewards of (prompt, completion) texts under a reward model, in the
     training stage's layout (`encode_pairs`: left-padded prompt, completion + EOS). It compiles
     its forward on each call; for repeated scoring inside RL use
@@ -110,7 +123,8 @@ def score(model: models.Model, prompts: list[str], completions: list[str], *, pr
         raise ValueError("tokenizer=None and model.tokenizer is None: pass the tokenizer")
     if len(prompts) != len(completions):
         raise ValueError(f"len(prompts)={len(prompts)} != len(completions)={len(completions)}")
-    enc = encode_pairs(list(zip(prompts, completions)), tokenizer, prompt_len,
-                           completion_len, render)
+    enc = encode_pairs(
+        list(zip(prompts, completions)), tokenizer, prompt_len, completion_len, render
+    )
     forward = jax.jit(lambda p, t, a: sequence_rewards(p, model.config, t, a))
     return np.asarray(forward(model.params, enc["tokens_BL"], enc["attn_BL"]))

@@ -43,9 +43,11 @@ def token_stats(params, model_config, batch: dict) -> dict:
 def summarize(stats: dict) -> dict:
     """Held-out metrics; a row is exactly right when every target is the greedy choice."""
     tokens = max(float(stats["tokens"].sum()), 1.0)
-    return {"eval/loss": float(stats["nll"].sum()) / tokens,
-            "eval/token_accuracy": float(stats["hits"].sum()) / tokens,
-            "eval/accuracy": float(np.mean(stats["hits"] == stats["tokens"]))}
+    return {
+        "eval/loss": float(stats["nll"].sum()) / tokens,
+        "eval/token_accuracy": float(stats["hits"].sum()) / tokens,
+        "eval/accuracy": float(np.mean(stats["hits"] == stats["tokens"])),
+    }
 
 
 def sft_pairs(config: Config, task, split: str) -> list[tuple[str, str]]:

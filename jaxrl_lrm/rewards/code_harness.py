@@ -209,11 +209,7 @@ def run_assert_test(code: str, test: str, *, timeout_s: float, memory_mb: int) -
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     start = time.monotonic()
     ctl_w, status_r = sandbox.start_run(
-        "serve",
-        code,
-        timeout_s=timeout_s + 1.0,
-        memory_mb=memory_mb,
-        fds={"rpc": theirs.detach()},
+        "serve", code, timeout_s=timeout_s + 1.0, memory_mb=memory_mb, fds={"rpc": theirs.detach()}
     )
     chan = _Channel(ours.fileno(), start + timeout_s)
     # Every name the test reads resolves, in this order, to its own set-up (bound when it runs),

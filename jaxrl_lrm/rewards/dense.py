@@ -65,11 +65,7 @@ def split_steps(completion: str, *, mode: str = "blank_line") -> list[tuple[int,
 
 
 def step_token_rewards(
-    completion: str,
-    token_offsets,
-    step_scores,
-    *,
-    mode: str = "blank_line",
+    completion: str, token_offsets, step_scores, *, mode: str = "blank_line"
 ) -> np.ndarray:
     """Token-level rewards: each step's score on the last token that overlaps that step.
 
@@ -125,8 +121,9 @@ class TokenLevelReward(Protocol):
 
     token_level: bool
 
-    def __call__(self, prompts: list[str], completions: list[str],
-                 **columns: Any) -> list[list[tuple[int, float]]]: ...
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: Any
+    ) -> list[list[tuple[int, float]]]: ...
 
 
 def is_token_level(fn: Callable) -> bool:
@@ -142,8 +139,9 @@ def is_token_level(fn: Callable) -> bool:
     return False
 
 
-def step_end_rewards(completion: str, step_scores, mode: str = "blank_line"
-                     ) -> list[tuple[int, float]]:
+def step_end_rewards(
+    completion: str, step_scores, mode: str = "blank_line"
+) -> list[tuple[int, float]]:
     """`(char_end, score)` per step of `split_steps(completion, mode=mode)`: each step's score at
     its last character, the token-level face of a step scorer.
 
@@ -202,8 +200,9 @@ def char_rewards_to_tokens(tokenizer, ids: Sequence[int], pairs) -> np.ndarray:
     lengths = _LazySeq(length, n + 1)
     for pair in pairs:
         if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise ValueError(f"token-level reward entry {pair!r}: expected a (char_end, reward) "
-                             "pair")
+            raise ValueError(
+                f"token-level reward entry {pair!r}: expected a (char_end, reward) pair"
+            )
         end, reward = pair
         if isinstance(end, bool) or not isinstance(end, int | np.integer):
             raise ValueError(f"char_end={end!r}: expected an integer character position")
@@ -211,8 +210,10 @@ def char_rewards_to_tokens(tokenizer, ids: Sequence[int], pairs) -> np.ndarray:
             raise ValueError(f"reward={reward!r} at char_end={end}: expected a finite number")
         total = length(n)
         if not 1 <= end <= total:
-            raise ValueError(f"char_end={end}: expected 1 <= char_end <= {total} (the "
-                             "completion's length in characters)")
+            raise ValueError(
+                f"char_end={end}: expected 1 <= char_end <= {total} (the "
+                "completion's length in characters)"
+            )
         k = bisect.bisect_left(lengths, int(end), lo=1)
         out[k - 1] += np.float32(reward)
     return out

@@ -17,5 +17,9 @@ from jaxrl_lrm.rewards.rubric import (  # noqa: F401
 from jaxrl_lrm.scorers._common import LazyCheckpointReward, as_tokenizer  # noqa: F401
 from jaxrl_lrm.scorers.judge import LLMJudge, llm_judge_from_checkpoint  # noqa: F401
 
-warnings.warn("jaxrl_lrm.rewards.generative is deprecated: use jaxrl_lrm.scorers.judge "
-              "(parse_score: jaxrl_lrm.rewards.rubric)", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "jaxrl_lrm.rewards.generative is deprecated: use jaxrl_lrm.scorers.judge "
+    "(parse_score: jaxrl_lrm.rewards.rubric)",
+    DeprecationWarning,
+    stacklevel=2,
+)

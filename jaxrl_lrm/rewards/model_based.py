@@ -30,5 +30,9 @@ from jaxrl_lrm.scorers.reward_model import (  # noqa: F401
     save_reward_model,
 )
 
-warnings.warn("jaxrl_lrm.rewards.model_based is deprecated: use jaxrl_lrm.scorers.reward_model "
-              "and jaxrl_lrm.scorers.prm", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "jaxrl_lrm.rewards.model_based is deprecated: use jaxrl_lrm.scorers.reward_model "
+    "and jaxrl_lrm.scorers.prm",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -24,7 +24,7 @@ DEFAULT_TEMPLATE = (
     "Question:\n{prompt}\n\n"
     "{reference_section}"
     "Response:\n{completion}\n\n"
-    "Explain briefly, then end with a line of the form \"Score: N\" where N is a number from "
+    'Explain briefly, then end with a line of the form "Score: N" where N is a number from '
     "{low} to {high}.\n"
 )
 REFERENCE_SECTION = "Reference answer:\n{reference}\n\n"
@@ -63,13 +63,21 @@ def check_template(template: str) -> str:
     """`template` itself, after checking it uses only `TEMPLATE_FIELDS`."""
     unknown = template_fields(template) - set(TEMPLATE_FIELDS)
     if unknown:
-        raise ValueError(f"template uses unknown field(s) {sorted(unknown)}: expected some "
-                         f"of {list(TEMPLATE_FIELDS)}")
+        raise ValueError(
+            f"template uses unknown field(s) {sorted(unknown)}: expected some "
+            f"of {list(TEMPLATE_FIELDS)}"
+        )
     return template
 
 
-def format_rubric(template: str, prompt: str, completion: str, reference=None, *,
-                  scale: tuple[float, float] = (0.0, 10.0)) -> str:
+def format_rubric(
+    template: str,
+    prompt: str,
+    completion: str,
+    reference=None,
+    *,
+    scale: tuple[float, float] = (0.0, 10.0),
+) -> str:
     """One row's rubric: `template` filled with the row and the scale's bounds.
 
     `{reference}` is `str(reference)` (empty for None) and `{reference_section}` is
@@ -78,5 +86,11 @@ def format_rubric(template: str, prompt: str, completion: str, reference=None, *
     ref = "" if reference is None else str(reference)
     section = "" if reference is None else REFERENCE_SECTION.format(reference=ref)
     low, high = (int(x) if float(x).is_integer() else x for x in scale)
-    return template.format(prompt=prompt, completion=completion, reference=ref,
-                           reference_section=section, low=low, high=high)
+    return template.format(
+        prompt=prompt,
+        completion=completion,
+        reference=ref,
+        reference_section=section,
+        low=low,
+        high=high,
+    )

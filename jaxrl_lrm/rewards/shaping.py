@@ -103,7 +103,9 @@ def _lengths(columns: dict, n: int) -> list[int]:
     lengths = columns.get(LENGTHS)
     if lengths is None or len(lengths) != n:
         got = "missing" if lengths is None else f"{len(lengths)} entries"
-        raise ValueError(f"column {LENGTHS!r} must hold one token length per completion ({n}), got {got}")
+        raise ValueError(
+            f"column {LENGTHS!r} must hold one token length per completion ({n}), got {got}"
+        )
     return [int(x) for x in lengths]
 
 
@@ -173,7 +175,9 @@ def cosine_length_reward(
 
     def cosine_length(prompts, completions, **columns) -> list[float]:
         lengths = _lengths(columns, len(completions))
-        correct = _checked(correct_fn(prompts, completions, **columns), len(completions), "correct_fn")
+        correct = _checked(
+            correct_fn(prompts, completions, **columns), len(completions), "correct_fn"
+        )
         out = []
         for n, c in zip(lengths, correct):
             if n >= max_len:

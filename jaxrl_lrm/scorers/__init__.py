@@ -21,8 +21,18 @@ from jaxrl_lrm.scorers.prm import PRMResult, PRMScorer, prm_from_checkpoint
 from jaxrl_lrm.scorers.reward_model import RewardModelScorer, reward_model_from_checkpoint
 
 __all__ = [
-    "LLMJudge", "LazyCheckpointReward", "PRMResult", "PRMScorer", "RewardModelScorer",
-    "as_tokenizer", "llm_judge_from_checkpoint", "load_backbone", "parse_score",
-    "prm_from_checkpoint", "reward_model_from_checkpoint", "sequence_values", "token_offsets",
+    "LLMJudge",
+    "LazyCheckpointReward",
+    "PRMResult",
+    "PRMScorer",
+    "RewardModelScorer",
+    "as_tokenizer",
+    "llm_judge_from_checkpoint",
+    "load_backbone",
+    "parse_score",
+    "prm_from_checkpoint",
+    "reward_model_from_checkpoint",
+    "sequence_values",
+    "token_offsets",
     "tokenize_with_offsets",
 ]

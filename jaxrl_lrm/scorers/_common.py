@@ -26,8 +26,10 @@ def as_tokenizer(tokenizer: Any) -> CharTokenizer | HFTokenizer:
         return tokenizer
     if hasattr(tokenizer, "convert_tokens_to_ids"):
         return HFTokenizer(tokenizer)
-    raise ValueError(f"tokenizer={tokenizer!r}: expected a CharTokenizer, an HFTokenizer or a "
-                     "transformers tokenizer (pass tokenizer= when the model carries none)")
+    raise ValueError(
+        f"tokenizer={tokenizer!r}: expected a CharTokenizer, an HFTokenizer or a "
+        "transformers tokenizer (pass tokenizer= when the model carries none)"
+    )
 
 
 def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -44,8 +46,10 @@ def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tu
         ids = tok.encode(text)
         return ids, [(i, i + 1) for i in range(len(ids))]
     if not getattr(tok.tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer {tok!r} is not a fast tokenizer: offsets need "
-                         "return_offsets_mapping, which only fast tokenizers support")
+        raise ValueError(
+            f"tokenizer {tok!r} is not a fast tokenizer: offsets need "
+            "return_offsets_mapping, which only fast tokenizers support"
+        )
     enc = tok.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(enc["input_ids"]), [(int(s), int(e)) for s, e in enc["offset_mapping"]]
 
@@ -60,8 +64,10 @@ def check_batch(prompts, completions) -> None:
         if isinstance(xs, str) or not all(isinstance(x, str) for x in xs):
             raise ValueError(f"{name}={xs!r}: expected a list of strings")
     if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts for {len(completions)} completions: "
-                         "expected one prompt per completion")
+        raise ValueError(
+            f"got {len(prompts)} prompts for {len(completions)} completions: "
+            "expected one prompt per completion"
+        )
 
 
 def positive_int(name: str, value) -> int:
@@ -72,8 +78,10 @@ def positive_int(name: str, value) -> int:
 
 def check_value_model(model, what: str) -> None:
     if not model.has_value_head:
-        raise ValueError(f"model has no value_head: expected {what} "
-                         "(models.with_value_head or models.load_value_model)")
+        raise ValueError(
+            f"model has no value_head: expected {what} "
+            "(models.with_value_head or models.load_value_model)"
+        )
 
 
 # ----------------------------------------------------------------------------- the forward
@@ -93,9 +101,15 @@ def values_fn(config) -> Callable:
     return jax.jit(values)
 
 
-def sequence_values(model, sequences: Sequence[Sequence[int]], *, batch_size: int,
-                    bucket_sizes: Sequence[int] | None = None, mesh=None,
-                    forward: Callable | None = None) -> list[np.ndarray]:
+def sequence_values(
+    model,
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+    bucket_sizes: Sequence[int] | None = None,
+    mesh=None,
+    forward: Callable | None = None,
+) -> list[np.ndarray]:
     """Value-head outputs `[len(seq)]` (float32) at every token of each unpadded sequence.
 
     Sequences go through in chunks of `batch_size` rows (the last chunk is filled with one-token
@@ -115,12 +129,14 @@ def sequence_values(model, sequences: Sequence[Sequence[int]], *, batch_size: in
         rows += -batch_size % (mesh.shape["data"] * mesh.shape["fsdp"])
     out = []
     for lo in range(0, len(sequences), batch_size):
-        chunk = [list(s) for s in sequences[lo:lo + batch_size]]
+        chunk = [list(s) for s in sequences[lo : lo + batch_size]]
         n_real = len(chunk)
         longest = max(len(s) for s in chunk)
         if longest > config.max_seq_len:
-            raise ValueError(f"a sequence has {longest} tokens: expected at most "
-                             f"max_seq_len={config.max_seq_len}")
+            raise ValueError(
+                f"a sequence has {longest} tokens: expected at most "
+                f"max_seq_len={config.max_seq_len}"
+            )
         P = max(longest, min(sampling.bucket_length(longest, bucket_sizes), config.max_seq_len))
         chunk += [[0]] * (rows - len(chunk))
         ids, mask = sampling.left_pad(chunk, 0, [P])
@@ -129,7 +145,7 @@ def sequence_values(model, sequences: Sequence[Sequence[int]], *, batch_size: in
         else:
             ids, mask = sharding.shard_batch((ids, mask), mesh)
         values = sharding.host_rows(forward(model.params, ids, mask))
-        out += [values[i, P - len(s):] for i, s in enumerate(chunk[:n_real])]
+        out += [values[i, P - len(s) :] for i, s in enumerate(chunk[:n_real])]
     return out
 
 
@@ -160,8 +176,15 @@ class LazyCheckpointReward:
       value_head: whether the checkpoint holds a value head.
     """
 
-    def __init__(self, name: str, build: Callable[..., Callable], options: Sequence[str], *,
-                 module: str, value_head: bool = True):
+    def __init__(
+        self,
+        name: str,
+        build: Callable[..., Callable],
+        options: Sequence[str],
+        *,
+        module: str,
+        value_head: bool = True,
+    ):
         self.name, self.build, self.options = name, build, tuple(options)
         self.module = module
         self.value_head = value_head
@@ -171,8 +194,10 @@ class LazyCheckpointReward:
         """The (cached) scorer for `path`, `mesh` and `options`."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for {self.name}: expected some of "
-                             f"{list(self.options)}")
+            raise ValueError(
+                f"unknown option(s) {unknown} for {self.name}: expected some of "
+                f"{list(self.options)}"
+            )
         key = (str(Path(path).resolve()), dtype, mesh, tuple(sorted(options.items(), key=str)))
         if key not in self._cache:
             load = load_value_model if self.value_head else load_backbone
@@ -180,11 +205,21 @@ class LazyCheckpointReward:
             self._cache[key] = self.build(model, mesh=mesh, **options)
         return self._cache[key]
 
-    def __call__(self, prompts: list[str], completions: list[str], *, path: str | None = None,
-                 dtype: str = "float32", mesh=None, **kwargs) -> list[float]:
+    def __call__(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        *,
+        path: str | None = None,
+        dtype: str = "float32",
+        mesh=None,
+        **kwargs,
+    ) -> list[float]:
         if path is None:
-            raise ValueError(f"{self.name} needs path=<checkpoint directory> "
-                             "(set it in the rewards.functions entry's args)")
+            raise ValueError(
+                f"{self.name} needs path=<checkpoint directory> "
+                "(set it in the rewards.functions entry's args)"
+            )
         options = {k: _hashable(v) for k, v in kwargs.items() if k in self.options}
         columns = {k: v for k, v in kwargs.items() if k not in self.options}
         scorer = self.scorer(path, dtype=dtype, mesh=mesh, **options)

@@ -31,8 +31,14 @@ from jaxrl_lrm.rewards.rubric import (
 )
 from jaxrl_lrm.scorers._common import LazyCheckpointReward, as_tokenizer, positive_int
 
-__all__ = ["DEFAULT_TEMPLATE", "REFERENCE_SECTION", "TEMPLATE_FIELDS", "LLMJudge",
-           "llm_judge_from_checkpoint", "parse_score"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "REFERENCE_SECTION",
+    "TEMPLATE_FIELDS",
+    "LLMJudge",
+    "llm_judge_from_checkpoint",
+    "parse_score",
+]
 
 
 class LLMJudge:
@@ -56,23 +62,38 @@ class LLMJudge:
         template.
     """
 
-    def __init__(self, model, tokenizer=None, *, mesh=None, template: str = DEFAULT_TEMPLATE,
-                 reference_column: str = "answer", scale: Sequence[float] = (0, 10),
-                 batch_size: int = 8, max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 unparseable_score: float = 0.0, use_chat_template: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        mesh=None,
+        template: str = DEFAULT_TEMPLATE,
+        reference_column: str = "answer",
+        scale: Sequence[float] = (0, 10),
+        batch_size: int = 8,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        unparseable_score: float = 0.0,
+        use_chat_template: bool = True,
+    ):
         self.model, self.mesh = model, mesh
         self.tokenizer = as_tokenizer(model.tokenizer if tokenizer is None else tokenizer)
         self.template = check_template(template)
         self.reference_column = reference_column
-        if (len(scale) != 2 or not all(np.isfinite(x) for x in scale)
-                or not scale[0] < scale[1]):
+        if len(scale) != 2 or not all(np.isfinite(x) for x in scale) or not scale[0] < scale[1]:
             raise ValueError(f"scale={tuple(scale)!r}: expected (low, high) with low < high")
         self.scale = (float(scale[0]), float(scale[1]))
         self.batch_size = positive_int("batch_size", batch_size)
         self.max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-        self.sampling = {"temperature": float(temperature), "top_k": int(top_k),
-                         "top_p": float(top_p)}
+        self.sampling = {
+            "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+        }
         self.seed = seed
         self.unparseable_score = float(unparseable_score)
         self.use_chat_template = use_chat_template
@@ -92,38 +113,53 @@ class LLMJudge:
         refs = columns.get(self.reference_column)
         if refs is None:
             if "reference" in template_fields(self.template):
-                raise ValueError(f"template uses {{reference}} but the column "
-                                 f"{self.reference_column!r} was not passed")
+                raise ValueError(
+                    f"template uses {{reference}} but the column "
+                    f"{self.reference_column!r} was not passed"
+                )
             return [None] * n
         if len(refs) != n:
-            raise ValueError(f"column {self.reference_column!r} has {len(refs)} entries for "
-                             f"{n} completions: expected one per completion")
+            raise ValueError(
+                f"column {self.reference_column!r} has {len(refs)} entries for "
+                f"{n} completions: expected one per completion"
+            )
         return list(refs)
 
-    def judgements(self, prompts: Sequence[str], completions: Sequence[str],
-                   **columns) -> list[str]:
+    def judgements(
+        self, prompts: Sequence[str], completions: Sequence[str], **columns
+    ) -> list[str]:
         """The judge's raw replies, one per completion."""
         if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts for {len(completions)} completions: "
-                             "expected one prompt per completion")
+            raise ValueError(
+                f"got {len(prompts)} prompts for {len(completions)} completions: "
+                "expected one prompt per completion"
+            )
         refs = self._references(len(prompts), columns)
-        ids = [self._encode(self.format_prompt(p, c, r))
-               for p, c, r in zip(prompts, completions, refs)]
+        ids = [
+            self._encode(self.format_prompt(p, c, r)) for p, c, r in zip(prompts, completions, refs)
+        ]
         limit = self.model.config.max_seq_len - self.max_new_tokens
         for i, x in enumerate(ids):
             if len(x) > limit:
-                raise ValueError(f"judge prompt {i} has {len(x)} tokens: with max_new_tokens="
-                                 f"{self.max_new_tokens} expected at most {limit} "
-                                 f"(max_seq_len={self.model.config.max_seq_len})")
+                raise ValueError(
+                    f"judge prompt {i} has {len(x)} tokens: with max_new_tokens="
+                    f"{self.max_new_tokens} expected at most {limit} "
+                    f"(max_seq_len={self.model.config.max_seq_len})"
+                )
         rng = jax.random.fold_in(jax.random.key(self.seed), self.stats["calls"])
         self.stats["calls"] += 1
         replies = []
         for lo in range(0, len(ids), self.batch_size):
-            gen = sampling.generate(self.model, ids[lo:lo + self.batch_size],
-                                    max_new_tokens=self.max_new_tokens,
-                                    rng=jax.random.fold_in(rng, lo), eos_id=self.tokenizer.eos_id,
-                                    pad_id=self.tokenizer.pad_id, mesh=self.mesh,
-                                    **self.sampling)
+            gen = sampling.generate(
+                self.model,
+                ids[lo : lo + self.batch_size],
+                max_new_tokens=self.max_new_tokens,
+                rng=jax.random.fold_in(rng, lo),
+                eos_id=self.tokenizer.eos_id,
+                pad_id=self.tokenizer.pad_id,
+                mesh=self.mesh,
+                **self.sampling,
+            )
             for tokens, mask in zip(gen.tokens, gen.mask):
                 replies.append(self.tokenizer.decode(tokens[np.asarray(mask) == 1]))
         return replies
@@ -141,7 +177,21 @@ class LLMJudge:
 
 
 llm_judge_from_checkpoint = LazyCheckpointReward(
-    "llm_judge_from_checkpoint", LLMJudge,
-    ("template", "reference_column", "scale", "batch_size", "max_new_tokens", "temperature",
-     "top_k", "top_p", "seed", "unparseable_score", "use_chat_template"),
-    module=__name__, value_head=False)
+    "llm_judge_from_checkpoint",
+    LLMJudge,
+    (
+        "template",
+        "reference_column",
+        "scale",
+        "batch_size",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "unparseable_score",
+        "use_chat_template",
+    ),
+    module=__name__,
+    value_head=False,
+)

@@ -74,9 +74,18 @@ class PRMScorer:
       bucket_sizes: length buckets (default powers of two >= 16).
     """
 
-    def __init__(self, model, tokenizer=None, *, mesh=None, step_splitter: str = "blank_line",
-                 reduction: str = "min", batch_size: int = 8, empty_score: float = 0.0,
-                 bucket_sizes: Sequence[int] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        mesh=None,
+        step_splitter: str = "blank_line",
+        reduction: str = "min",
+        batch_size: int = 8,
+        empty_score: float = 0.0,
+        bucket_sizes: Sequence[int] | None = None,
+    ):
         check_value_model(model, "a PRM")
         if step_splitter not in SPLIT_MODES:
             raise ValueError(f"step_splitter={step_splitter!r}: expected one of {SPLIT_MODES}")
@@ -96,9 +105,11 @@ class PRMScorer:
         comp_ids, offsets = tokenize_with_offsets(self.tokenizer, completion)
         limit = self.model.config.max_seq_len
         if len(comp_ids) > limit:
-            raise ValueError(f"completion has {len(comp_ids)} tokens: expected at most "
-                             f"max_seq_len={limit} to score its steps")
-        prompt_ids = prompt_ids[max(0, len(prompt_ids) + len(comp_ids) - limit):]
+            raise ValueError(
+                f"completion has {len(comp_ids)} tokens: expected at most "
+                f"max_seq_len={limit} to score its steps"
+            )
+        prompt_ids = prompt_ids[max(0, len(prompt_ids) + len(comp_ids) - limit) :]
         spans = split_steps(completion, mode=self.step_splitter)
         offs = np.asarray(offsets, np.int64).reshape(-1, 2)
         real = offs[:, 1] > offs[:, 0]
@@ -115,9 +126,18 @@ class PRMScorer:
         check_batch(prompts, completions)
         encoded = [self.step_positions(p, c) for p, c in zip(prompts, completions)]
         todo = [i for i, e in enumerate(encoded) if len(e[0]) > 0 and len(e[3]) > 0]
-        values = sequence_values(self.model, [encoded[i][0] for i in todo],
-                                 batch_size=self.batch_size, bucket_sizes=self.bucket_sizes,
-                                 mesh=self.mesh, forward=self.forward) if todo else []
+        values = (
+            sequence_values(
+                self.model,
+                [encoded[i][0] for i in todo],
+                batch_size=self.batch_size,
+                bucket_sizes=self.bucket_sizes,
+                mesh=self.mesh,
+                forward=self.forward,
+            )
+            if todo
+            else []
+        )
         by_row = dict(zip(todo, values))
         results = []
         for i, (_, spans, offsets, positions) in enumerate(encoded):
@@ -126,8 +146,7 @@ class PRMScorer:
                 scores = (1.0 / (1.0 + np.exp(-head))).astype(np.float32)
             else:
                 scores = np.zeros(0, np.float32)
-            rewards = step_token_rewards(completions[i], offsets, scores,
-                                         mode=self.step_splitter)
+            rewards = step_token_rewards(completions[i], offsets, scores, mode=self.step_splitter)
             results.append(PRMResult(spans, scores, rewards, positions))
         return results
 
@@ -139,8 +158,10 @@ class PRMScorer:
         completion = _JOINERS[self.step_splitter].join(steps)
         result = self.score([prompt], [completion])[0]
         if len(result.step_scores) != len(steps):
-            raise ValueError(f"{len(steps)} steps re-split into {len(result.step_scores)} under "
-                             f"step_splitter={self.step_splitter!r}: expected the same count")
+            raise ValueError(
+                f"{len(steps)} steps re-split into {len(result.step_scores)} under "
+                f"step_splitter={self.step_splitter!r}: expected the same count"
+            )
         return [float(s) for s in result.step_scores]
 
     def as_token_level(self) -> Callable:
@@ -149,19 +170,26 @@ class PRMScorer:
         the token ending each step and feeds to GAE / REINFORCE++ as dense rewards."""
 
         def prm_token_level(prompts: list[str], completions: list[str], **_):
-            return [[(int(end), float(s)) for (_, end), s in zip(r.steps, r.step_scores)]
-                    for r in self.score(prompts, completions)]
+            return [
+                [(int(end), float(s)) for (_, end), s in zip(r.steps, r.step_scores)]
+                for r in self.score(prompts, completions)
+            ]
 
         prm_token_level.token_level = True
         return prm_token_level
 
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
-        return [self.empty_score if r.step_scores.size == 0
-                else float(_REDUCE[self.reduction](r.step_scores))
-                for r in self.score(prompts, completions)]
+        return [
+            self.empty_score
+            if r.step_scores.size == 0
+            else float(_REDUCE[self.reduction](r.step_scores))
+            for r in self.score(prompts, completions)
+        ]
 
 
 prm_from_checkpoint = LazyCheckpointReward(
-    "prm_from_checkpoint", PRMScorer,
+    "prm_from_checkpoint",
+    PRMScorer,
     ("step_splitter", "reduction", "batch_size", "empty_score", "bucket_sizes"),
-    module=__name__)
+    module=__name__,
+)

@@ -56,9 +56,18 @@ class RewardModelScorer:
       bucket_sizes: length buckets (default powers of two >= 16).
     """
 
-    def __init__(self, model, tokenizer=None, *, mesh=None, batch_size: int = 8,
-                 scale: float = 1.0, shift: float = 0.0, append_eos: bool = False,
-                 bucket_sizes: Sequence[int] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        mesh=None,
+        batch_size: int = 8,
+        scale: float = 1.0,
+        shift: float = 0.0,
+        append_eos: bool = False,
+        bucket_sizes: Sequence[int] | None = None,
+    ):
         check_value_model(model, "a reward model")
         self.model, self.mesh = model, mesh
         self.tokenizer = as_tokenizer(model.tokenizer if tokenizer is None else tokenizer)
@@ -80,15 +89,22 @@ class RewardModelScorer:
         for i, (p, c) in enumerate(zip(prompts, completions)):
             seq = self.tokenizer.encode(p) + self.tokenizer.encode(c) + self.suffix
             if not seq:
-                raise ValueError(f"prompts[{i}] and completions[{i}] are both empty: "
-                                 "expected at least one token to score")
+                raise ValueError(
+                    f"prompts[{i}] and completions[{i}] are both empty: "
+                    "expected at least one token to score"
+                )
             self.stats["truncated"] += len(seq) > limit
             seqs.append(seq[-limit:])
         if not seqs:
             return np.zeros(0, np.float32)
-        values = sequence_values(self.model, seqs, batch_size=self.batch_size,
-                                 bucket_sizes=self.bucket_sizes, mesh=self.mesh,
-                                 forward=self.forward)
+        values = sequence_values(
+            self.model,
+            seqs,
+            batch_size=self.batch_size,
+            bucket_sizes=self.bucket_sizes,
+            mesh=self.mesh,
+            forward=self.forward,
+        )
         self.stats["scored"] += len(seqs)
         return np.array([v[-1] for v in values], np.float32)
 
@@ -98,5 +114,8 @@ class RewardModelScorer:
 
 
 reward_model_from_checkpoint = LazyCheckpointReward(
-    "reward_model_from_checkpoint", RewardModelScorer,
-    ("batch_size", "scale", "shift", "append_eos", "bucket_sizes"), module=__name__)
+    "reward_model_from_checkpoint",
+    RewardModelScorer,
+    ("batch_size", "scale", "shift", "append_eos", "bucket_sizes"),
+    module=__name__,
+)

@@ -22,8 +22,15 @@ class MetricsLogger:
     rewritten atomically (temporary file + rename).
     """
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, enabled: bool = True,
-                 resume_step: int | None = None, stream=None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        enabled: bool = True,
+        resume_step: int | None = None,
+        stream=None,
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.total_steps = total_steps
@@ -75,8 +82,12 @@ class MetricsLogger:
         per_step = elapsed / max(done_this_run, 1)
         eta = per_step * max(steps_this_run - done_this_run, 0)
         parts = [f"step {step}/{self.total_steps}"]
-        for key, label in (("reward/mean", "reward"), ("kl/mean", "kl"),
-                           ("eval/accuracy", "eval_acc"), ("sft/loss", "loss")):
+        for key, label in (
+            ("reward/mean", "reward"),
+            ("kl/mean", "kl"),
+            ("eval/accuracy", "eval_acc"),
+            ("sft/loss", "loss"),
+        ):
             if key in metrics:
                 parts.append(f"{label} {float(metrics[key]):.3f}")
         parts.append(f"{metrics.get('time/step_s', per_step):.2f}s/step")

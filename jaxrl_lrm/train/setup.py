@@ -140,6 +140,7 @@ def registered_rewards() -> dict[str, str]:
     """Names usable in `rewards.functions` (besides `task` and `module:function`)."""
     return {
         "math_accuracy": "jaxrl_lrm.rewards.math:accuracy_reward",
+        "math_accuracy_lenient": "jaxrl_lrm.rewards.math:accuracy_reward_lenient",
         "think_format": "jaxrl_lrm.rewards.format:think_format_reward",
         "answer_tag": "jaxrl_lrm.rewards.format:answer_tag_reward",
         "unit_tests": "jaxrl_lrm.rewards.code:unit_test_reward",

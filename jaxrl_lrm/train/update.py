@@ -259,12 +259,13 @@ def rl_update(
         metrics["value/mean"] = losses.masked_mean(values, mask)
     kl_coef = state.kl_coef
     if kl is not None:
-        seq_kl = jnp.mean(jnp.sum(kl * mask, axis=1))
-        metrics["kl/seq_sum"] = seq_kl
-        if cfg.kl_controller is not None:
+        metrics["kl/seq_sum"] = jnp.mean(jnp.sum(kl * mask, axis=1))
+        if cfg.kl_controller is not None:  # the target is a per-token mean KL, as verl's
+            observed = algorithms.controller_kl(kl, mask)
             metrics["kl/coef"] = kl_coef
+            metrics["kl/controller"] = observed
             kl_coef = cfg.kl_controller.update(
-                losses.AdaptiveKLState(kl_coef=kl_coef), seq_kl, mask.shape[0]
+                losses.AdaptiveKLState(kl_coef=kl_coef), observed, mask.shape[0]
             ).kl_coef
     new = dataclasses.replace(
         state, policy=policy, value=value, kl_coef=kl_coef, step=state.step + 1

@@ -42,8 +42,9 @@ def test_forward_and_train_flops_by_hand():
     steps = n - 1
     ctx = P + steps / 2 + 1
     dec = 2 * layer * B + 2 * 64 * 256 * B + 4 * 2 * 4 * 16 * ctx * B
-    assert math.isclose(_util.generate_flops(c, B, P, n),
-                        _util.forward_flops(c, B, P, 1) + steps * dec)
+    assert math.isclose(
+        _util.generate_flops(c, B, P, n), _util.forward_flops(c, B, P, 1) + steps * dec
+    )
 
 
 def test_bad_sizes_raise_value_error():
@@ -115,26 +116,43 @@ def test_train_step_quick_summary():
 
 
 def test_grpo_step_quick_summary():
-    r = grpo_step.run(True, TINY + ["--vocab-size", "256", "--prompts", "2", "--group", "2",
-                                    "--new-tokens", "8", "--repeats", "1"])
+    r = grpo_step.run(
+        True,
+        TINY
+        + [
+            "--vocab-size",
+            "256",
+            "--prompts",
+            "2",
+            "--group",
+            "2",
+            "--new-tokens",
+            "8",
+            "--repeats",
+            "1",
+        ],
+    )
     s = r["summary"]
     assert s["step_s"] > 0 and s["floor_ratio"] > 0
     assert 0 <= s["host_exposed_frac"] <= 1
-    assert s["vs_trl"] is None and s["vs_tunix"] is None  # peers run only with --vs-trl / --vs-tunix
-    for key in ("generate_s", "decode_s", "reward_s", "ref_logprobs_s", "advantages_s",
-                "update_s"):
+    assert (
+        s["vs_trl"] is None and s["vs_tunix"] is None
+    )  # peers run only with --vs-trl / --vs-tunix
+    for key in ("generate_s", "decode_s", "reward_s", "ref_logprobs_s", "advantages_s", "update_s"):
         assert s[key] > 0, key
     assert s["old_logprobs_s"] == 0  # one update per step: no old-policy pass
     assert 1 <= s["mean_response_len"] <= 8
     # the floor is the FLOP count over the measured peak
-    assert math.isclose(s["floor_s"] * s["fp32_peak_gflops"] * 1e9, sum(r["flops"].values()),
-                        rel_tol=0.5)
+    assert math.isclose(
+        s["floor_s"] * s["fp32_peak_gflops"] * 1e9, sum(r["flops"].values()), rel_tol=0.5
+    )
 
 
 @pytest.mark.slow
 def test_memory_quick_summary_both_reference_dtypes():
-    s = memory.run(True, TINY + ["--prompts", "2", "--group", "2", "--new-tokens", "8",
-                                 "--vocab-size", "256"])["summary"]
+    s = memory.run(
+        True, TINY + ["--prompts", "2", "--group", "2", "--new-tokens", "8", "--vocab-size", "256"]
+    )["summary"]
     n = models.preset("tiny", vocab_size=256).num_params
     assert math.isclose(s["ref_mb_fp32"], 4 * n / 2**20)
     assert math.isclose(s["ref_mb_bf16"], 2 * n / 2**20)

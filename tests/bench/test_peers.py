@@ -11,8 +11,20 @@ from jaxrl_lrm.bench import grpo_step, peers
 trl = pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
-TINY = ["--preset", "tiny", "--vocab-size", "256", "--prompts", "2", "--group", "2",
-        "--new-tokens", "8", "--repeats", "1"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--vocab-size",
+    "256",
+    "--prompts",
+    "2",
+    "--group",
+    "2",
+    "--new-tokens",
+    "8",
+    "--repeats",
+    "1",
+]
 
 
 def test_word_tokenizer_ids_by_hand():
@@ -34,8 +46,7 @@ def test_hf_config_matches_our_parameter_count():
         attn = hf.model.layers[0].self_attn
         # q: d -> heads * head_dim, k: d -> kv_heads * head_dim (grouped-query attention)
         assert tuple(attn.q_proj.weight.shape) == (ours.n_heads * ours.head_dim, ours.d_model)
-        assert tuple(attn.k_proj.weight.shape) == (ours.n_kv_heads * ours.head_dim,
-                                                   ours.d_model)
+        assert tuple(attn.k_proj.weight.shape) == (ours.n_kv_heads * ours.head_dim, ours.d_model)
     # bench-cpu by hand: 4 layers x (attention 2 x 512 x 512 + 2 x 512 x 256, MLP 3 x 512 x 2048,
     # norms 2 x 512 + q/k norms 2 x 128) + final norm 512 + untied embedding and head 2 x 8192 x 512
     layer = 2 * 512 * 512 + 2 * 512 * 256 + 3 * 512 * 2048 + 2 * 512 + 2 * 128
@@ -57,8 +68,14 @@ def test_bad_inputs_raise():
 
 def test_trl_step_tiny():
     threads = torch.get_num_threads()
-    r = peers.trl_grpo_step_time(model_config=models.preset("tiny"), prompts=2, group=2,
-                                 new_tokens=8, prompt_len=6, repeats=1)
+    r = peers.trl_grpo_step_time(
+        model_config=models.preset("tiny"),
+        prompts=2,
+        group=2,
+        new_tokens=8,
+        prompt_len=6,
+        repeats=1,
+    )
     assert torch.get_num_threads() == threads  # restored
     assert len(r["step_times_s"]) == 1 and r["warmup_s"] > 0
     assert math.isfinite(r["step_s"]) and r["step_s"] > 0

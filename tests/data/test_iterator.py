@@ -15,8 +15,10 @@ def _source(n):
 
 def _reference_stream(n, seed, epochs, shuffle=True):
     """The spec written out: one permutation per epoch from default_rng([seed, epoch])."""
-    parts = [np.random.default_rng([seed, e]).permutation(n) if shuffle else np.arange(n)
-             for e in range(epochs)]
+    parts = [
+        np.random.default_rng([seed, e]).permutation(n) if shuffle else np.arange(n)
+        for e in range(epochs)
+    ]
     return np.concatenate(parts).tolist()
 
 
@@ -28,7 +30,7 @@ def _ids(batch):
 def test_matches_reference_stream(n, bs):
     it = PromptIterator(_source(n), bs, seed=11)
     got = [i for _ in range(9) for i in _ids(it.next_batch())]
-    assert got == _reference_stream(n, 11, epochs=9 * bs // n + 1)[:9 * bs]
+    assert got == _reference_stream(n, 11, epochs=9 * bs // n + 1)[: 9 * bs]
     assert it.state()["epoch"] == 9 * bs // n and it.state()["position"] == 9 * bs % n
 
 
@@ -69,17 +71,21 @@ def test_resume_equals_uninterrupted(stop):
 
 def test_hosts_disjoint_and_covering():
     n, bs, hosts = 24, 3, 4  # a global batch of 12: two per epoch
-    its = [PromptIterator(_source(n), bs, seed=2, process_index=h, process_count=hosts)
-           for h in range(hosts)]
+    its = [
+        PromptIterator(_source(n), bs, seed=2, process_index=h, process_count=hosts)
+        for h in range(hosts)
+    ]
     ref = _reference_stream(n, 2, epochs=3)
     for step in range(6):
         parts = [_ids(it.next_batch()) for it in its]
         flat = [i for p in parts for i in p]
         assert len(set(flat)) == bs * hosts  # disjoint within a global batch
-        assert flat == ref[step * 12:(step + 1) * 12]  # host h takes slice h of the batch
+        assert flat == ref[step * 12 : (step + 1) * 12]  # host h takes slice h of the batch
     # over one epoch (steps 0 and 1) the hosts together cover every row once
-    its2 = [PromptIterator(_source(n), bs, seed=2, process_index=h, process_count=hosts)
-            for h in range(hosts)]
+    its2 = [
+        PromptIterator(_source(n), bs, seed=2, process_index=h, process_count=hosts)
+        for h in range(hosts)
+    ]
     seen = [i for _ in range(2) for it in its2 for i in _ids(it.next_batch())]
     assert sorted(seen) == list(range(n))
 

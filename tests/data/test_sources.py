@@ -24,8 +24,9 @@ from jaxrl_lrm.data.sources import (
     task_seed,
 )
 
-ROWS = [{"question": f"What is {i}+{i}?", "gold": 2 * i, "tests": [f"assert f({i})"]}
-        for i in range(6)]
+ROWS = [
+    {"question": f"What is {i}+{i}?", "gold": 2 * i, "tests": [f"assert f({i})"]} for i in range(6)
+]
 
 
 def _expected(i):
@@ -53,8 +54,11 @@ def test_list_source():
     assert src[-1] == {"prompt": "b", "answer": "2"}
     with pytest.raises(IndexError):
         src[2]
-    with pytest.raises(ValueError, match=r"rows\[0\]: field 'answer' is missing; fields "
-                                         r"present: \['prompt'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"rows\[0\]: field 'answer' is missing; fields "
+        r"present: \['prompt'\]",
+    ):
         ListSource([{"prompt": "a"}])
 
 
@@ -64,8 +68,11 @@ def test_file_sources(kind, jsonl, parquet):
     src = cls(path, prompt_field="question", answer_field="gold")
     assert len(src) == 6
     assert [src[i] for i in range(6)] == [_expected(i) for i in range(6)]
-    with pytest.raises(ValueError, match=rf"{path.name}.*field 'prompt' is missing; fields "
-                                         r"present: \['gold', 'question', 'tests'\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path.name}.*field 'prompt' is missing; fields "
+        r"present: \['gold', 'question', 'tests'\]",
+    ):
         cls(path)[0]
     with pytest.raises(ValueError, match=rf"{kind} file .*nope.{kind}' does not exist"):
         cls(path.parent / f"nope.{kind}")
@@ -83,9 +90,11 @@ def test_jsonl_bad_lines(tmp_path):
 
 # --------------------------------------------------------------------------- TFDS
 
-GSM_ROWS = [("Tom has 3 apples and buys 4. How many?", "3 + 4 = <<3+4=7>>7\n#### 7"),
-            ("A farm sells 1200 eggs a day. How many in 2 days?", "2 * 1200 = 2400\n#### 2,400"),
-            ("Half of 10?", "10 / 2 = 5\n#### 5")]
+GSM_ROWS = [
+    ("Tom has 3 apples and buys 4. How many?", "3 + 4 = <<3+4=7>>7\n#### 7"),
+    ("A farm sells 1200 eggs a day. How many in 2 days?", "2 * 1200 = 2400\n#### 2,400"),
+    ("Half of 10?", "10 / 2 = 5\n#### 5"),
+]
 
 
 class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -96,18 +105,20 @@ class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self):
         names = ["question", "answer", "annotation", "short_answer"]
         return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict(
-                {k: tfds.features.Text() for k in names}))
+            builder=self,
+            features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in names}),
+        )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(GSM_ROWS), "test":
-                self._generate_examples(GSM_ROWS[:1])}
+        return {
+            "train": self._generate_examples(GSM_ROWS),
+            "test": self._generate_examples(GSM_ROWS[:1]),
+        }
 
     def _generate_examples(self, rows):
         for i, (q, a) in enumerate(rows):
             annotation, short = a.split("#### ")
-            yield i, {"question": q, "answer": a, "annotation": annotation,
-                      "short_answer": short}
+            yield i, {"question": q, "answer": a, "annotation": annotation, "short_answer": short}
 
 
 class JaxrlTinyQa(tfds.core.GeneratorBasedBuilder):
@@ -116,8 +127,16 @@ class JaxrlTinyQa(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-            {"q": tfds.features.Text(), "a": tfds.features.Text(), "level": tfds.features.Scalar(dtype=np.int32)}))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "q": tfds.features.Text(),
+                    "a": tfds.features.Text(),
+                    "level": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples()}
@@ -148,10 +167,19 @@ def test_tfds_gsm8k_mapping(tfds_dir):
     src = TfdsSource("gsm8k", tfds_dir, "train")
     assert len(src) == 3
     rows = sorted((src[i] for i in range(3)), key=lambda r: r["prompt"])  # TFDS shuffles
-    expected = sorted(({"prompt": q, "answer": a.rsplit("#### ", 1)[1].replace(",", ""),
-                        "solution": a, "annotation": a.split("#### ")[0],
-                        "short_answer": a.split("#### ")[1]} for q, a in GSM_ROWS),
-                      key=lambda r: r["prompt"])
+    expected = sorted(
+        (
+            {
+                "prompt": q,
+                "answer": a.rsplit("#### ", 1)[1].replace(",", ""),
+                "solution": a,
+                "annotation": a.split("#### ")[0],
+                "short_answer": a.split("#### ")[1],
+            }
+            for q, a in GSM_ROWS
+        ),
+        key=lambda r: r["prompt"],
+    )
     assert rows == expected
     assert [r["answer"] for r in rows] == ["2400", "5", "7"]
     assert all(isinstance(v, str) for r in rows for v in r.values())
@@ -165,15 +193,20 @@ def test_tfds_generic_fields(tfds_dir):
     rows = sorted((src[i] for i in range(len(src))), key=lambda r: r["level"])
     assert rows == [{"prompt": f"q{i}", "answer": f"a{i}", "level": i} for i in range(5)]
     assert all(type(r["level"]) is int for r in rows)
-    with pytest.raises(ValueError, match=r"field 'question' is missing; fields present: "
-                                         r"\['a', 'level', 'q'\]"):
-        TfdsSource("jaxrl_tiny_qa", tfds_dir, "train", prompt_field="question",
-                   answer_field="a")
+    with pytest.raises(
+        ValueError,
+        match=r"field 'question' is missing; fields present: "
+        r"\['a', 'level', 'q'\]",
+    ):
+        TfdsSource("jaxrl_tiny_qa", tfds_dir, "train", prompt_field="question", answer_field="a")
 
 
 def test_tfds_missing_gives_prepare_command(tmp_path, tfds_dir):
-    with pytest.raises(ValueError, match=r"(?s)'gsm8k'.*tfds build gsm8k --data_dir "
-                                         r".*--file_format array_record"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)'gsm8k'.*tfds build gsm8k --data_dir "
+        r".*--file_format array_record",
+    ):
         TfdsSource("gsm8k", tmp_path, "train")
     with pytest.raises(ValueError, match="(?s)does not exist.*tfds build gsm8k"):
         TfdsSource("gsm8k", tmp_path / "nope", "train")
@@ -208,8 +241,9 @@ def fake_tasks(monkeypatch):
 
 def test_task_source(fake_tasks):
     src = TaskSource("count", 4, 9, scale=3)
-    assert [src[i] for i in range(4)] == [{"prompt": f"9:{i}", "answer": str(3 * i)}
-                                          for i in range(4)]
+    assert [src[i] for i in range(4)] == [
+        {"prompt": f"9:{i}", "answer": str(3 * i)} for i in range(4)
+    ]
     with pytest.raises(ValueError, match=r"task_args=\{'bogus': 1\} do not fit task 'count'"):
         TaskSource("count", 1, 0, bogus=1)
 
@@ -255,16 +289,23 @@ def test_addition_falls_back_to_demo_task():
 @pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 def test_make_source_files_hold_out_tail(kind, jsonl, parquet):
     path = jsonl if kind == "jsonl" else parquet
-    data = DataSection(source=kind, path=str(path), prompt_field="question",
-                       answer_field="gold", eval_size=2)
+    data = DataSection(
+        source=kind, path=str(path), prompt_field="question", answer_field="gold", eval_size=2
+    )
     train, ev = make_source(data, "train"), make_source(data, "eval")
     assert [train[i] for i in range(len(train))] == [_expected(i) for i in range(4)]
     assert [ev[i] for i in range(len(ev))] == [_expected(i) for i in range(4, 6)]
-    sep = DataSection(source=kind, path=str(path), eval_split=str(path), prompt_field="question",
-                      answer_field="gold")
+    sep = DataSection(
+        source=kind,
+        path=str(path),
+        eval_split=str(path),
+        prompt_field="question",
+        answer_field="gold",
+    )
     assert len(make_source(sep, "train")) == len(make_source(sep, "eval")) == 6
-    too_big = DataSection(source=kind, path=str(path), prompt_field="question",
-                          answer_field="gold", eval_size=6)
+    too_big = DataSection(
+        source=kind, path=str(path), prompt_field="question", answer_field="gold", eval_size=6
+    )
     with pytest.raises(ValueError, match="eval_size=6 is not smaller than the 6 rows"):
         make_source(too_big, "train")
 

@@ -45,13 +45,16 @@ def test_chat_template_with_hf_tokenizer(tmp_path):
     raw = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>")
-    hf.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
-                        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    hf.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     hf.save_pretrained(str(tmp_path))
     tok = load_tokenizer(tmp_path)
     assert render_prompt("2+2?", tok) == "<user>2+2?\n<assistant>"
     assert render_prompt("2+2?", tok, "chat", system="Think.") == (
-        "<system>Think.\n<user>2+2?\n<assistant>")
+        "<system>Think.\n<user>2+2?\n<assistant>"
+    )
 
 
 def test_errors():

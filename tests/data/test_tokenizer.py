@@ -38,17 +38,30 @@ def test_char_save_load(tmp_path):
     tok = CharTokenizer("0123456789+= ")
     tok.save_pretrained(tmp_path / "tok")
     assert json.loads((tmp_path / "tok" / "char_tokenizer.json").read_text())["alphabet"] == (
-        "0123456789+= ")
-    for loaded in (CharTokenizer.from_pretrained(tmp_path / "tok"),
-                   load_tokenizer(tmp_path / "tok")):
+        "0123456789+= "
+    )
+    for loaded in (
+        CharTokenizer.from_pretrained(tmp_path / "tok"),
+        load_tokenizer(tmp_path / "tok"),
+    ):
         assert isinstance(loaded, CharTokenizer)
         assert loaded.encode("12 + 3=") == tok.encode("12 + 3=")
         assert loaded.vocab_size == 16
 
 
 def _train_wordlevel():
-    vocab = {"<unk>": 0, "</s>": 1, "<s>": 2, "hello": 3, "world": 4, "what": 5, "is": 6,
-             "2": 7, "+": 8, "?": 9}
+    vocab = {
+        "<unk>": 0,
+        "</s>": 1,
+        "<s>": 2,
+        "hello": 3,
+        "world": 4,
+        "what": 5,
+        "is": 6,
+        "2": 7,
+        "+": 8,
+        "?": 9,
+    }
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return raw, vocab
@@ -81,8 +94,9 @@ def test_hf_wrapper_matches_raw_tokenizer(tmp_path):
     assert tok.encode(text) == raw.encode(text, add_special_tokens=False).ids
     assert tok.decode([2, 3, 4, 1, 10]) == "hello world"
     assert tok.decode([3, 1], skip_special_tokens=False) == "hello </s>"
-    rendered = tok.apply_chat_template([{"role": "system", "content": "be brief"},
-                                        {"role": "user", "content": "hello"}])
+    rendered = tok.apply_chat_template(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    )
     assert rendered == "<|system|>be brief</s><|user|>hello</s><|assistant|>"
     tok.save_pretrained(tmp_path / "again")
     assert load_tokenizer(tmp_path / "again").encode(text) == tok.encode(text)

@@ -29,7 +29,9 @@ def test_combine_sums_weights_and_reports_per_fn():
     assert total == [1.5, 3.5, 0.5]
     assert per_fn == {"ones": [1, 1, 1], "count_a": [1, 3, 0], "count_a_2": [1, 3, 0]}
     assert comb.metrics(per_fn) == {
-        "rewards/ones/mean": 1.0, "rewards/count_a/mean": 4 / 3, "rewards/count_a_2/mean": 4 / 3,
+        "rewards/ones/mean": 1.0,
+        "rewards/count_a/mean": 4 / 3,
+        "rewards/count_a_2/mean": 4 / 3,
     }
     assert comb.__name__ == "total" and combine([(ones, 1)]).__name__ == "ones"
 
@@ -67,8 +69,15 @@ def test_cosine_length_reward_hand_values():
     comps = ["right", "right", "right", "wrong", "wrong", "wrong", "right"]
     got = fn(None, comps, completion_lengths=[0, 50, 100 - 1, 0, 50, 25, 100])
     # CosFn(t) = b + (a - b)(1 + cos(pi t / T)) / 2; correct a=2, b=1; wrong a=-10, b=0.
-    want = [2.0, 1.5, 1 + 0.5 * (1 + math.cos(math.pi * 0.99)), -10.0, -5.0,
-            -10 * 0.5 * (1 + math.cos(math.pi / 4)), -10.0]
+    want = [
+        2.0,
+        1.5,
+        1 + 0.5 * (1 + math.cos(math.pi * 0.99)),
+        -10.0,
+        -5.0,
+        -10 * 0.5 * (1 + math.cos(math.pi / 4)),
+        -10.0,
+    ]
     assert got == pytest.approx(want, abs=1e-12)
 
 

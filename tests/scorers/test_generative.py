@@ -23,23 +23,26 @@ def judge_model():
     return models.init(config, 3, tokenizer=TOK)
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Score: 7", 0.7),
-    ("score:10", 1.0),
-    ("**Score:** 8.5/10", 0.85),
-    ("Score = 3.", 0.3),
-    ("The score: 4, revised.\nScore: 6", 0.6),          # the last match wins
-    ("<score>9</score> then Score: 2", 0.2),             # ... by position, across both forms
-    ("Score: 2 ... <score> 9 </score>", 0.9),
-    ("Score: 15", 1.0),                                 # clamped to the scale
-    ("Score: -3", 0.0),
-    ("Score: 1e5", None),                               # a number run into letters
-    ("Score: 8.5x", None),
-    ("Score: N", None),
-    ("I give it a 7.", None),
-    ("scores: 5", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Score: 7", 0.7),
+        ("score:10", 1.0),
+        ("**Score:** 8.5/10", 0.85),
+        ("Score = 3.", 0.3),
+        ("The score: 4, revised.\nScore: 6", 0.6),  # the last match wins
+        ("<score>9</score> then Score: 2", 0.2),  # ... by position, across both forms
+        ("Score: 2 ... <score> 9 </score>", 0.9),
+        ("Score: 15", 1.0),  # clamped to the scale
+        ("Score: -3", 0.0),
+        ("Score: 1e5", None),  # a number run into letters
+        ("Score: 8.5x", None),
+        ("Score: N", None),
+        ("I give it a 7.", None),
+        ("scores: 5", None),
+        ("", None),
+    ],
+)
 def test_parse_score_table(text, want):
     got = parse_score(text)
     assert got == pytest.approx(want) if want is not None else got is None
@@ -52,31 +55,35 @@ def test_parse_score_custom_scale():
 
 def test_format_prompt_default_and_reference(judge_model):
     judge = LLMJudge(judge_model)
-    want = ("You are a strict grader. Rate the response to the question below for correctness "
-            "and quality on a scale from 0 to 10.\n\nQuestion:\nWhat is 1+1?\n\n"
-            "Reference answer:\n2\n\nResponse:\nIt is 2.\n\nExplain briefly, then end with a "
-            "line of the form \"Score: N\" where N is a number from 0 to 10.\n")
+    want = (
+        "You are a strict grader. Rate the response to the question below for correctness "
+        "and quality on a scale from 0 to 10.\n\nQuestion:\nWhat is 1+1?\n\n"
+        "Reference answer:\n2\n\nResponse:\nIt is 2.\n\nExplain briefly, then end with a "
+        'line of the form "Score: N" where N is a number from 0 to 10.\n'
+    )
     assert judge.format_prompt("What is 1+1?", "It is 2.", 2) == want
     no_ref = want.replace("Reference answer:\n2\n\n", "")
     assert judge.format_prompt("What is 1+1?", "It is 2.") == no_ref
-    custom = LLMJudge(judge_model, template="{prompt}|{completion}|{reference}|{low}-{high}",
-                      scale=(1, 5))
+    custom = LLMJudge(
+        judge_model, template="{prompt}|{completion}|{reference}|{low}-{high}", scale=(1, 5)
+    )
     assert custom.format_prompt("p", "c", "r") == "p|c|r|1-5"
 
 
 def _fake_generate(calls):
     """A judge whose reply is fixed by its input: 'Score: <the completion text>'."""
 
-    def generate(model, prompts, *, max_new_tokens, rng, temperature, top_k, top_p, eos_id,
-                 pad_id, mesh):
+    def generate(
+        model, prompts, *, max_new_tokens, rng, temperature, top_k, top_p, eos_id, pad_id, mesh
+    ):
         calls.append((len(prompts), temperature))
         tokens = np.full((len(prompts), max_new_tokens), pad_id, np.int32)
         mask = np.zeros_like(tokens)
         for i, ids in enumerate(prompts):
             completion = re.search(r"A:(.*)\n", TOK.decode(ids)).group(1)
-            reply = TOK.encode(f"ok Score: {completion}")[:max_new_tokens - 1] + [eos_id]
-            tokens[i, :len(reply)] = reply
-            mask[i, :len(reply)] = 1
+            reply = TOK.encode(f"ok Score: {completion}")[: max_new_tokens - 1] + [eos_id]
+            tokens[i, : len(reply)] = reply
+            mask[i, : len(reply)] = 1
         return sampling.Generation(tokens, np.zeros(tokens.shape, np.float32), mask)
 
     return generate
@@ -85,8 +92,9 @@ def _fake_generate(calls):
 def test_end_to_end_with_a_known_judge(judge_model, monkeypatch):
     calls = []
     monkeypatch.setattr(judge_module.sampling, "generate", _fake_generate(calls))
-    judge = LLMJudge(judge_model, template=SHORT, batch_size=2, max_new_tokens=24,
-                     unparseable_score=-1.0)
+    judge = LLMJudge(
+        judge_model, template=SHORT, batch_size=2, max_new_tokens=24, unparseable_score=-1.0
+    )
     completions = ["7", "10", "3.5", "nonsense", "42"]
     got = judge(["a", "b", "c", "d", "e"], completions, answer=["x"] * 5)
     assert got == [0.7, 1.0, 0.35, -1.0, 1.0]
@@ -107,11 +115,17 @@ def test_real_model_batched_equals_unbatched_and_direct_decode(judge_model):
     # Independent path: greedy generate on each rubric prompt, decoded by hand up to EOS.
     for p, c, reply in zip(prompts, completions, replies):
         ids = TOK.encode(SHORT.format(prompt=p, completion=c, reference_section=""))
-        gen = sampling.generate(judge_model, [ids], max_new_tokens=12, temperature=0.0,
-                                eos_id=TOK.eos_id, pad_id=TOK.pad_id)
+        gen = sampling.generate(
+            judge_model,
+            [ids],
+            max_new_tokens=12,
+            temperature=0.0,
+            eos_id=TOK.eos_id,
+            pad_id=TOK.pad_id,
+        )
         toks = list(gen.tokens[0])
         if TOK.eos_id in toks:
-            toks = toks[:toks.index(TOK.eos_id)]
+            toks = toks[: toks.index(TOK.eos_id)]
         assert reply == TOK.decode(toks)
     scores = batched(prompts, completions)
     want = [parse_score(r) for r in replies]
@@ -158,8 +172,9 @@ def test_judge_on_a_mesh_matches_single_device(judge_model):
     placed = sharding.shard_model(judge_model, mesh)
     prompts, completions = ["2+2?", "x", "name a colour"], ["4", "", "blue"]
     kw = dict(template=SHORT, max_new_tokens=8, batch_size=3)
-    assert (LLMJudge(placed, mesh=mesh, **kw).judgements(prompts, completions)
-            == LLMJudge(judge_model, **kw).judgements(prompts, completions))
+    assert LLMJudge(placed, mesh=mesh, **kw).judgements(prompts, completions) == LLMJudge(
+        judge_model, **kw
+    ).judgements(prompts, completions)
 
 
 def test_parse_score_is_host_only():

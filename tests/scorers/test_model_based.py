@@ -49,8 +49,10 @@ def _sigmoid(x):
 
 
 def test_token_offsets_char_and_hf():
-    assert scorers.tokenize_with_offsets(TOK, "ab\nc") == (TOK.encode("ab\nc"),
-                                                       [(0, 1), (1, 2), (2, 3), (3, 4)])
+    assert scorers.tokenize_with_offsets(TOK, "ab\nc") == (
+        TOK.encode("ab\nc"),
+        [(0, 1), (1, 2), (2, 3), (3, 4)],
+    )
     hf = HFTokenizer.from_pretrained(FIXTURES / "qwen2")
     text = "Step 1: add 2 and 3.\n\nStep 2: so 5."
     ids, offsets = scorers.tokenize_with_offsets(hf, text)
@@ -68,8 +70,10 @@ def test_reward_model_matches_direct_forward_on_ragged_batch(rm):
     completions = ["4", "hello there\n\nbye", "", "an answer", "y"]
     scorer = scorers.RewardModelScorer(rm, batch_size=2, scale=2.0, shift=0.25)
     got = scorer(prompts, completions, answer=["4"] * 5)  # dataset columns are ignored
-    want = [2.0 * (_direct_values(rm, TOK.encode(p + c))[-1] - 0.25)
-            for p, c in zip(prompts, completions)]
+    want = [
+        2.0 * (_direct_values(rm, TOK.encode(p + c))[-1] - 0.25)
+        for p, c in zip(prompts, completions)
+    ]
     # Two float32 computations whose matmul shapes differ (left-padded batch of 2 vs one
     # unpadded row) sum in different orders: scores reach |40|, so the bound is relative.
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
@@ -79,8 +83,10 @@ def test_reward_model_matches_direct_forward_on_ragged_batch(rm):
     one = scorers.RewardModelScorer(rm, batch_size=1, scale=2.0, shift=0.25)
     np.testing.assert_allclose(one(prompts, completions), got, atol=1e-5)
     eos = scorers.RewardModelScorer(rm, batch_size=2, append_eos=True)(prompts[:2], completions[:2])
-    want = [_direct_values(rm, TOK.encode(p + c) + [TOK.eos_id])[-1]
-            for p, c in zip(prompts[:2], completions[:2])]
+    want = [
+        _direct_values(rm, TOK.encode(p + c) + [TOK.eos_id])[-1]
+        for p, c in zip(prompts[:2], completions[:2])
+    ]
     np.testing.assert_allclose(eos, want, rtol=2e-6, atol=1e-5)  # as above
     before = scorer.forward._cache_size()
     scorer(["a" * 20, "b" * 25], ["c", "d"])  # lengths 21 and 26: the 32 bucket, seen before
@@ -152,8 +158,9 @@ def test_prm_truncates_prompt_not_completion(short):
     ids, _, _, positions = prm.step_positions("p" * 20, "ab\n\ncd")
     assert len(ids) == 16 and positions.tolist() == [11, 15]
     r = prm.score(["p" * 20], ["ab\n\ncd"])[0]
-    np.testing.assert_allclose(r.step_scores, _sigmoid(_direct_values(model, ids)[[11, 15]]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        r.step_scores, _sigmoid(_direct_values(model, ids)[[11, 15]]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="completion has 17 tokens"):
         prm.score(["p"], ["c" * 17])
 
@@ -186,17 +193,21 @@ def test_checkpoint_factory_loads_once_and_pickles_by_reference(rm, tmp_path):
     np.testing.assert_array_equal(loaded.params["value_head"]["w"], rm.params["value_head"]["w"])
     fn = scorers.reward_model_from_checkpoint
     prompts, completions = ["What is 2+2?", "hi"], ["4", "five"]
-    got = fn(prompts, completions, answer=["4", "4"], path=str(tmp_path / "rm"), batch_size=2,
-             shift=1.0)
+    got = fn(
+        prompts, completions, answer=["4", "4"], path=str(tmp_path / "rm"), batch_size=2, shift=1.0
+    )
     want = [_direct_values(rm, TOK.encode(p + c))[-1] - 1.0 for p, c in zip(prompts, completions)]
     np.testing.assert_allclose(got, want, atol=1e-5)
     n = len(fn._cache)
     fn(prompts, completions, path=str(tmp_path / "rm"), batch_size=2, shift=1.0)
     assert len(fn._cache) == n  # cached: no second load
     assert pickle.loads(pickle.dumps(fn)) is fn
-    prm = scorers.prm_from_checkpoint(["q"], ["a\n\nb"], path=str(tmp_path / "rm"), reduction="last")
-    np.testing.assert_allclose(prm, scorers.PRMScorer(rm, reduction="last")(["q"], ["a\n\nb"]),
-                               atol=1e-6)
+    prm = scorers.prm_from_checkpoint(
+        ["q"], ["a\n\nb"], path=str(tmp_path / "rm"), reduction="last"
+    )
+    np.testing.assert_allclose(
+        prm, scorers.PRMScorer(rm, reduction="last")(["q"], ["a\n\nb"]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="needs path="):
         fn(prompts, completions)
     with pytest.raises(ValueError, match="value_head.safetensors' does not exist"):
@@ -215,7 +226,9 @@ def test_scorers_on_a_mesh_match_single_device(rm, shape, tmp_path):
     np.testing.assert_allclose(sharded(prompts, completions), single, rtol=2e-6, atol=1e-5)
     np.testing.assert_allclose(
         scorers.PRMScorer(placed, mesh=mesh, batch_size=3)(prompts, completions),
-        scorers.PRMScorer(rm, batch_size=3)(prompts, completions), atol=1e-6)
+        scorers.PRMScorer(rm, batch_size=3)(prompts, completions),
+        atol=1e-6,
+    )
     # The factory loads the checkpoint onto the mesh it is given.
     save_reward_model(rm, tmp_path / "rm")
     fn = scorers.reward_model_from_checkpoint

@@ -145,7 +145,7 @@ def test_dapo_filler_rows_do_not_dilute_the_update():
     adv = algorithms.advantages(spec, jnp.asarray([1.0, 0.0, 1.0, 1.0]), mask).adv_BT
     keep = jnp.asarray([1.0, 1.0, 0.0, 0.0])[:, None]
 
-    def loss(lp, m):
+    def loss(lp, m, a):
         return algorithms.objective(
             spec,
             lp,
@@ -153,13 +153,13 @@ def test_dapo_filler_rows_do_not_dilute_the_update():
             old_logp_BT=None,
             ref_logp_BT=None,
             sampler_logp_BT=lp,
-            adv_BT=adv,
+            adv_BT=a,
             mask_BT=m,
             max_len=3,
         )[0]
 
-    g_keep = jax.grad(loss)(logp, mask * keep)
-    g_two = jax.grad(loss)(logp[:2], mask[:2])
+    g_keep = jax.grad(loss)(logp, mask * keep, adv)
+    g_two = jax.grad(loss)(logp[:2], mask[:2], adv[:2])
     np.testing.assert_allclose(g_keep[:2], g_two, rtol=1e-6, atol=1e-7)
     assert float(jnp.abs(g_keep[2:]).max()) == 0.0
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from jaxrl_lrm import algorithms, models, train
+from jaxrl_lrm import scorers as mb
 from jaxrl_lrm.config import AlgorithmSection, load_config
 from jaxrl_lrm.data.tokenizer import CharTokenizer, HFTokenizer
 from jaxrl_lrm.rewards import dense
-from jaxrl_lrm import scorers as mb
 from jaxrl_lrm.train import host, rl, setup
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -213,3 +213,18 @@ def test_micro_batches_never_change_the_update(tmp_path, algo):
         assert four.history[0][k] == pytest.approx(one.history[0][k], rel=1e-5, abs=1e-7), k
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_kl_coefficient_follows_the_controller(tmp_path):
+    """PPO with `algorithm.kl_target`: the coefficient used at step k+1 is the controller's
+    update of step k's (Ziegler et al.), fed the per-token-mean KL (verl's units)."""
+    cfg = smoke("algorithm.name=ppo", "algorithm.beta=0.05", "algorithm.kl_target=0.001",
+                "algorithm.kl_horizon=100", "train.steps=3", "train.eval_every=0",
+                "train.lr=0.01")
+    h = train.run_rl(cfg, run_dir=tmp_path, quiet=True).history
+    rows = cfg.train.prompts_per_step * cfg.algorithm.group_size
+    assert h[0]["kl/coef"] == pytest.approx(0.05)
+    for a, b in zip(h, h[1:]):
+        err = np.clip(a["kl/controller"] / 0.001 - 1.0, -0.2, 0.2)
+        assert b["kl/coef"] == pytest.approx(a["kl/coef"] * (1 + err * rows / 100), rel=1e-5)
+    assert h[-1]["kl/coef"] != pytest.approx(0.05)  # the policy moved, so the coefficient did
