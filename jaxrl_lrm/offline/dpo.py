@@ -97,8 +97,10 @@ def dpo_terms(
 
 
 def pair_denominators(batch: dict) -> losses.Denominators:
-    """Whole-batch normalisers of a preference loss (a mean over pairs: `rows`)."""
-    return losses.Denominators.of(batch["attn_BL_c"])
+    """Whole-batch normalisers of a preference loss, a mean over pairs: every count is the
+    number of pairs (so per-pair metrics are weighted by pairs across micro-batches)."""
+    n = jnp.asarray(batch["attn_BL_c"].shape[0], jnp.float32)
+    return losses.Denominators(tokens=n, rows_with_tokens=n, rows=n)
 
 
 def mean_over_pairs(x_B, denom: losses.Denominators | None):

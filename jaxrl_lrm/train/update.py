@@ -79,21 +79,27 @@ def accumulate_update(
     `loss_fn(params, frozen, micro_batch, denom) -> (loss, metrics)`. With `denom_fn` (batch ->
     `losses.Denominators` of the whole batch) and several micro-batches, each micro-batch's
     loss is its share of the whole-batch loss, and shares and gradients are summed: micro-
-    batching then never changes the loss (`loss/*` metrics are summed, the others averaged).
-    Without it (or with one micro-batch) `denom` is None and gradients are averaged."""
+    batching then never changes the loss. Metrics whose name contains "loss" are shares too and
+    are summed; the others (per-token means: entropy, clip fraction, KL) are weighted by each
+    micro-batch's share of the tokens, so they equal the whole batch's. Without `denom_fn` (or
+    with one micro-batch) `denom` is None and gradients and metrics are averaged."""
     exact = denom_fn is not None and micro_batches > 1
     denom = denom_fn(batch) if exact else None
     grad_fn = jax.value_and_grad(lambda p, mb: loss_fn(p, frozen, mb, denom), has_aux=True)
 
     def micro(acc, mb):
         (_, m), g = grad_fn(model.params, mb)
-        return jax.tree.map(jnp.add, acc, g), m
+        # the micro-batch's share of the batch's tokens: weights its per-token-mean metrics
+        share = denom_fn(mb).tokens / jnp.maximum(denom.tokens, 1.0) if exact else 1.0
+        return jax.tree.map(jnp.add, acc, g), (m, share)
 
     zeros = jax.tree.map(jnp.zeros_like, model.params)
-    grads, metrics = jax.lax.scan(micro, zeros, _split(batch, micro_batches))
-    if not exact:
+    grads, (metrics, share) = jax.lax.scan(micro, zeros, _split(batch, micro_batches))
+    if exact:
+        metrics = {k: jnp.sum(v) if "loss" in k else jnp.sum(v * share) for k, v in metrics.items()}
+    else:
         grads = jax.tree.map(lambda g: g / micro_batches, grads)
-    metrics = {k: jnp.sum(v) if exact and "loss" in k else jnp.mean(v) for k, v in metrics.items()}
+        metrics = {k: jnp.mean(v) for k, v in metrics.items()}
     metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, model.opt_state, model.params)
     return ModelState(optax.apply_updates(model.params, updates), opt_state), metrics

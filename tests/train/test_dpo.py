@@ -87,7 +87,9 @@ def test_dpo_starts_at_log2_and_learns(tmp_path):
 
 
 def _strip_time(records):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+    return [
+        {k: v for k, v in r.items() if not k.startswith(("time/", "compile/"))} for r in records
+    ]
 
 
 def test_dpo_resume_is_exact(tmp_path):

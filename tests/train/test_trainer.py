@@ -218,9 +218,15 @@ def test_micro_batches_never_change_the_update(tmp_path, algo):
 def test_adaptive_kl_coefficient_follows_the_controller(tmp_path):
     """PPO with `algorithm.kl_target`: the coefficient used at step k+1 is the controller's
     update of step k's (Ziegler et al.), fed the per-token-mean KL (verl's units)."""
-    cfg = smoke("algorithm.name=ppo", "algorithm.beta=0.05", "algorithm.kl_target=0.001",
-                "algorithm.kl_horizon=100", "train.steps=3", "train.eval_every=0",
-                "train.lr=0.01")
+    cfg = smoke(
+        "algorithm.name=ppo",
+        "algorithm.beta=0.05",
+        "algorithm.kl_target=0.001",
+        "algorithm.kl_horizon=100",
+        "train.steps=3",
+        "train.eval_every=0",
+        "train.lr=0.01",
+    )
     h = train.run_rl(cfg, run_dir=tmp_path, quiet=True).history
     rows = cfg.train.prompts_per_step * cfg.algorithm.group_size
     assert h[0]["kl/coef"] == pytest.approx(0.05)
