@@ -78,8 +78,10 @@ def test_demo_pipeline_writes_its_summary(tmp_path, capsys):
 @pytest.mark.timeout(3600)  # the claim is about accuracy; the clock assertion below checks time
 def test_full_demo_meets_its_claim(tmp_path):
     """The README's claim: GRPO >= 40 points above the start of RL and >= 30 above the
-    continued-SFT control, within 10 minutes on 2 CPU cores."""
-    assert cli_main(["demo", "--run-dir", str(tmp_path / "demo")]) == 0
+    continued-SFT control, within 10 minutes on 2 CPU cores. On one device, as `jaxrl-lrm demo`
+    runs on a machine whose JAX sees one CPU (the tests simulate 8)."""
+    one_device = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"]
+    assert cli_main(["demo", "--run-dir", str(tmp_path / "demo"), *one_device]) == 0
     s = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert s["rl_accuracy"] - s["sft_accuracy"] >= 0.40, s
     assert s["rl_accuracy"] - s["control_accuracy"] >= 0.30, s
