@@ -160,7 +160,11 @@ def make_rl_programs(
         out_shardings=rollout_sh,
     )
     with_old = needs_old_pass(cfg, ref_params is not None)
-    score_fn = jax.tree_util.Partial(_score, cfg=cfg, with_old=with_old)
+
+    # A closure of this call: its jit cache (and so `compile_count`) belongs to this run alone.
+    def score_fn(state, ref, rollout):
+        return _score(state, ref, rollout, cfg=cfg, with_old=with_old)
+
     scored_abs = jax.eval_shape(score_fn, state, ref_params, rollout_abs)
     score = jax.jit(
         score_fn,
@@ -184,7 +188,7 @@ def make_rl_programs(
         out_shardings=(state_sh, rep),
     )
     generate = _generator(cfg.model, s, mesh, state_sh.policy.params)
-    take = jax.jit(_take_rows, out_shardings=rollout_sh)
+    take = jax.jit(lambda rs, idx: _take_rows(rs, idx), out_shardings=rollout_sh)
     return Programs(
         jitted={
             "sample": sample,

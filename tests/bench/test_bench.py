@@ -89,12 +89,14 @@ def test_wide_tokenizer_wraps_ids_onto_the_alphabet():
 def test_random_batch_layout():
     c = models.preset("tiny")
     b = train_step.random_batch(c, 4, 6, 8)
-    assert b["tokens_BL"].shape == (4, 14) and b["mask_BT"].shape == (4, 8)
-    attn, mask = np.asarray(b["attn_BL"]), np.asarray(b["mask_BT"])
-    np.testing.assert_array_equal(attn[:, 6:], mask)  # completion attention == loss mask
+    r = b.rollout
+    assert r.tokens_BL.shape == (4, 14) and r.sampler_logp_BT.shape == (4, 8)
+    attn, mask = np.asarray(r.attn_BL), np.asarray(r.completion_mask_BT)
     assert (attn[:, -9] == 1).all()  # the prompt's last token is real (left padding)
     assert (mask.sum(1) >= 4).all()
-    assert (np.asarray(b["tokens_BL"]) < c.vocab_size).all()
+    assert (np.asarray(r.sampler_logp_BT) * (1 - mask) == 0).all()  # log-probs only on tokens
+    assert (np.asarray(r.tokens_BL) < c.vocab_size).all()
+    assert b.rewards.rewards_B.shape == (4,) and b.scored.ref_logp_BT.shape == (4, 8)
 
 
 # ----------------------------------------------------------------- smoke runs
@@ -138,9 +140,15 @@ def test_grpo_step_quick_summary():
     assert (
         s["vs_trl"] is None and s["vs_tunix"] is None
     )  # peers run only with --vs-trl / --vs-tunix
-    for key in ("generate_s", "decode_s", "reward_s", "ref_logprobs_s", "advantages_s", "update_s"):
+    for key in ("generate_s", "decode_s", "reward_s", "score_s", "update_s"):
         assert s[key] > 0, key
-    assert s["old_logprobs_s"] == 0  # one update per step: no old-policy pass
+    assert r["compiled_versions"] == {
+        "sample": 1,
+        "score": 1,
+        "update": 1,
+        "generate": 0,
+        "take_rows": 0,
+    }  # nothing compiled twice
     assert 1 <= s["mean_response_len"] <= 8
     # the floor is the FLOP count over the measured peak
     assert math.isclose(

@@ -212,7 +212,9 @@ def test_micro_batches_never_change_the_update(tmp_path, algo):
     for k in ("loss/total", "loss/policy", "grad_norm", "entropy/mean"):
         assert four.history[0][k] == pytest.approx(one.history[0][k], rel=1e-5, abs=1e-7), k
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        # Adam normalises each coordinate, so round-off in a near-zero gradient can move a
+        # parameter by ~1e-6 of the 1e-3 step; the loss and gradient norm agree to 1e-5
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_adaptive_kl_coefficient_follows_the_controller(tmp_path):
