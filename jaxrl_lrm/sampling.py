@@ -30,6 +30,7 @@ import numpy as np
 from jaxrl_lrm import sharding
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.sampling_draw import _choose, _draw, _inverse_cdf, _truncate  # noqa: F401
 
 MIN_BUCKET = 16
 DRAWS = ("inverse_cdf", "categorical")  # how a token is drawn from the truncated softmax
@@ -57,82 +58,13 @@ class Generation:
 class _State(NamedTuple):
     """The decode loop's carry."""
 
-    step: jax.Array          # [] index of the token to sample next
-    cache: dict              # {"k","v"}: [L,B,S,K,H]
-    logits_BV: jax.Array     # float32 logits for the token at `step`
-    done_B: jax.Array        # bool, row has emitted EOS
+    step: jax.Array  # [] index of the token to sample next
+    cache: dict  # {"k","v"}: [L,B,S,K,H]
+    logits_BV: jax.Array  # float32 logits for the token at `step`
+    done_B: jax.Array  # bool, row has emitted EOS
     tokens_BT: jax.Array
     logprobs_BT: jax.Array
     mask_BT: jax.Array
-
-
-def _truncate(scaled_BV: jax.Array, top_k: int, top_p: float):
-    """Candidate logits and their vocabulary ids after top-k then top-p (renormalised within
-    the top k, as in Hugging Face). Returns `(logits_BC, ids_BC or None)`."""
-    V = scaled_BV.shape[-1]
-    if top_k == 0 and top_p >= 1.0:
-        return scaled_BV, None
-    vals, ids = jax.lax.top_k(scaled_BV, top_k if top_k else V)  # sorted descending
-    if top_p < 1.0:
-        probs = jax.nn.softmax(vals, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly ahead of each candidate
-        vals = jnp.where(before < top_p, vals, -jnp.inf)  # the first candidate always stays
-    return vals, ids
-
-
-_CDF_BLOCK = 128  # candidates per block of the two-level inverse CDF
-
-
-def _inverse_cdf(key, logits_BC, block: int | None = _CDF_BLOCK):
-    """One draw per row from softmax(logits_BC) by inverting its CDF with one uniform per row
-    (CPU trick: a quarter of the cost of Gumbel-max, which needs C random numbers per row).
-
-    For a large candidate set the CDF is inverted in two levels: first the block of `block`
-    candidates whose cumulative mass reaches u, then the candidate inside it, so only
-    `C / block + block` prefix sums are formed instead of C (XLA:CPU lowers a long `cumsum`
-    to a log-depth scan that costs ~4x the rest of the draw). `block=None`: one level."""
-    probs = jax.nn.softmax(logits_BC, axis=-1)
-    B, C = probs.shape
-    u = 1.0 - jax.random.uniform(key, (B, 1))  # in (0, 1], scaled to the total mass below
-    if block is None or C < 8 * block or C % block:
-        cdf = jnp.cumsum(probs, axis=-1)
-        pick = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)  # first index whose cdf reaches u
-        return jnp.minimum(pick, C - 1)
-    n = C // block
-    blocks = probs.reshape(B, n, block)
-    mass = jnp.sum(blocks, axis=-1)
-    cdf = jnp.cumsum(mass, axis=-1)
-    u = u * cdf[:, -1:]
-    blk = jnp.minimum(jnp.sum(cdf < u, axis=-1), n - 1)[:, None]
-    start = jnp.take_along_axis(cdf - mass, blk, axis=1)  # mass before the chosen block
-    inner = jnp.take_along_axis(blocks, blk[:, :, None], axis=1)[:, 0]  # [B, block]
-    pick = jnp.sum(start + jnp.cumsum(inner, axis=-1) < u, axis=-1)
-    # rounding may leave u just past the block's last prefix sum: take its last nonzero id
-    last = block - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
-    return blk[:, 0] * block + jnp.minimum(pick, last)
-
-
-def _draw(key, logits_BC, draw: str):
-    """One candidate index per row, distributed as softmax(logits_BC)."""
-    if draw == "inverse_cdf":
-        return _inverse_cdf(key, logits_BC)
-    return jax.random.categorical(key, logits_BC, axis=-1)
-
-
-def _choose(logits_BV, key, temperature: float, top_k: int, top_p: float,
-            draw: str = "inverse_cdf"):
-    """Next token and its log-prob under softmax(logits / temperature) before truncation."""
-    if temperature == 0.0:
-        tok = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-        scaled = logits_BV
-    else:
-        scaled = logits_BV / temperature
-        cand, ids = _truncate(scaled, top_k, top_p)
-        pick = _draw(key, cand, draw)
-        tok = pick if ids is None else jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
-        tok = tok.astype(jnp.int32)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
 def _constrain(x, mesh, spec_fn):
@@ -141,30 +73,54 @@ def _constrain(x, mesh, spec_fn):
     return jax.lax.with_sharding_constraint(x, spec_fn(x.shape))
 
 
-def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
-            max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-            eos_id: int | None, pad_id: int, mesh=None, draw: str = "inverse_cdf"):
+def _prefill(params, config: ModelConfig, prompt_ids_BP, pmask, kv_mask_BS, S: int, mesh):
+    """The whole prompt in one pass into a fresh cache of length S; logits only at the last slot
+    (every row's last real token, thanks to left padding)."""
+    B = prompt_ids_BP.shape[0]
+    batch = functools.partial(sharding.batch_spec_for, mesh=mesh) if mesh is not None else None
+    cache_spec = functools.partial(sharding.cache_sharding, mesh=mesh) if mesh is not None else None
+    ids = _constrain(prompt_ids_BP.astype(jnp.int32), mesh, batch)
+    cache = transformer.init_cache(config, B, S)
+    cache = {k: _constrain(v, mesh, cache_spec) for k, v in cache.items()}
+    positions = jnp.maximum(jnp.cumsum(pmask, axis=1, dtype=jnp.int32) - 1, 0)
+    hidden, cache = transformer.forward_hidden(
+        params,
+        config,
+        ids,
+        positions_BT=positions,
+        kv_mask_BS=kv_mask_BS,
+        cache=cache,
+        cache_index=0,
+    )
+    return transformer.hidden_to_logits(params, config, hidden[:, -1]), cache
+
+
+def _sample(
+    params,
+    config: ModelConfig,
+    prompt_ids_BP,
+    prompt_mask_BP,
+    rng,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_id: int | None,
+    pad_id: int,
+    mesh=None,
+    draw: str = "inverse_cdf",
+):
     """`sample_tokens` plus the number of decode forward passes run."""
     B, P = prompt_ids_BP.shape
     T = max_new_tokens
     S = P + T
     batch = functools.partial(sharding.batch_spec_for, mesh=mesh) if mesh is not None else None
-    cache_spec = (functools.partial(sharding.cache_sharding, mesh=mesh)
-                  if mesh is not None else None)
-    ids = _constrain(prompt_ids_BP.astype(jnp.int32), mesh, batch)
+    cache_spec = functools.partial(sharding.cache_sharding, mesh=mesh) if mesh is not None else None
     pmask = _constrain(prompt_mask_BP.astype(bool), mesh, batch)
     kv_mask_BS = jnp.concatenate([pmask, jnp.ones((B, T), bool)], axis=1)
     lengths_B = jnp.sum(pmask, axis=1, dtype=jnp.int32)
-    cache = transformer.init_cache(config, B, S)
-    cache = {k: _constrain(v, mesh, cache_spec) for k, v in cache.items()}
-
-    # Prefill: the whole prompt in one pass; logits only at the last slot (every row's last
-    # real token, thanks to left padding).
-    positions = jnp.maximum(jnp.cumsum(pmask, axis=1, dtype=jnp.int32) - 1, 0)
-    hidden, cache = transformer.forward_hidden(params, config, ids, positions_BT=positions,
-                                               kv_mask_BS=kv_mask_BS, cache=cache,
-                                               cache_index=0)
-    logits = transformer.hidden_to_logits(params, config, hidden[:, -1])
+    logits, cache = _prefill(params, config, prompt_ids_BP, pmask, kv_mask_BS, S, mesh)
 
     def emit(state: _State) -> _State:
         key = jax.random.fold_in(rng, state.step)
@@ -177,7 +133,8 @@ def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
             done_B=done,
             tokens_BT=put(state.tokens_BT, tok),
             logprobs_BT=put(state.logprobs_BT, jnp.where(live, logp, 0.0)),
-            mask_BT=put(state.mask_BT, live.astype(jnp.int32)))
+            mask_BT=put(state.mask_BT, live.astype(jnp.int32)),
+        )
 
     def cond(state: _State):
         return (state.step < T) & ~jnp.all(state.done_B)
@@ -186,27 +143,50 @@ def _sample(params, config: ModelConfig, prompt_ids_BP, prompt_mask_BP, rng, *,
         prev = jax.lax.dynamic_index_in_dim(state.tokens_BT, state.step - 1, axis=1)  # [B,1]
         slot = P + state.step - 1
         pos = (lengths_B + state.step - 1)[:, None]
-        hidden, cache = transformer.forward_hidden(params, config, prev, positions_BT=pos,
-                                                   kv_mask_BS=kv_mask_BS, cache=state.cache,
-                                                   cache_index=slot)
+        hidden, cache = transformer.forward_hidden(
+            params,
+            config,
+            prev,
+            positions_BT=pos,
+            kv_mask_BS=kv_mask_BS,
+            cache=state.cache,
+            cache_index=slot,
+        )
         cache = {k: _constrain(v, mesh, cache_spec) for k, v in cache.items()}
         logits = transformer.hidden_to_logits(params, config, hidden[:, 0])
         return emit(state._replace(cache=cache, logits_BV=logits))._replace(step=state.step + 1)
 
     zeros = lambda dtype: _constrain(jnp.zeros((B, T), dtype), mesh, batch)
-    state = _State(step=jnp.zeros((), jnp.int32), cache=cache, logits_BV=logits,
-                   done_B=jnp.zeros((B,), bool), tokens_BT=zeros(jnp.int32) + pad_id,
-                   logprobs_BT=zeros(jnp.float32), mask_BT=zeros(jnp.int32))
+    state = _State(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits_BV=logits,
+        done_B=jnp.zeros((B,), bool),
+        tokens_BT=zeros(jnp.int32) + pad_id,
+        logprobs_BT=zeros(jnp.float32),
+        mask_BT=zeros(jnp.int32),
+    )
     state = emit(state)._replace(step=jnp.ones((), jnp.int32))
     state = jax.lax.while_loop(cond, body, state)
     return state.tokens_BT, state.logprobs_BT, state.mask_BT, state.step - 1
 
 
-def sample_tokens(params, config: ModelConfig, prompt_ids_BP: jax.Array,
-                  prompt_mask_BP: jax.Array, rng: jax.Array, *, max_new_tokens: int,
-                  temperature: float, top_k: int, top_p: float, eos_id: int | None,
-                  pad_id: int, mesh=None,
-                  draw: str = "inverse_cdf") -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_tokens(
+    params,
+    config: ModelConfig,
+    prompt_ids_BP: jax.Array,
+    prompt_mask_BP: jax.Array,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_id: int | None,
+    pad_id: int,
+    mesh=None,
+    draw: str = "inverse_cdf",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Samples `max_new_tokens` continuations of left-padded prompts. Pure and jittable (mark
     every keyword argument and `config` static).
 
@@ -233,14 +213,35 @@ def sample_tokens(params, config: ModelConfig, prompt_ids_BP: jax.Array,
       `(tokens_BT int32, logprobs_BT float32, mask_BT int32)` as in `Generation`.
     """
     _check_draw(draw)
-    out = _sample(params, config, prompt_ids_BP, prompt_mask_BP, rng,
-                  max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                  top_p=top_p, eos_id=eos_id, pad_id=pad_id, mesh=mesh, draw=draw)
+    out = _sample(
+        params,
+        config,
+        prompt_ids_BP,
+        prompt_mask_BP,
+        rng,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        mesh=mesh,
+        draw=draw,
+    )
     return out[:3]
 
 
-_STATIC = ("config", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
-           "mesh", "draw")
+_STATIC = (
+    "config",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "eos_id",
+    "pad_id",
+    "mesh",
+    "draw",
+)
 _sample_jit = jax.jit(_sample, static_argnames=_STATIC)
 
 
@@ -250,13 +251,15 @@ def bucket_length(n: int, bucket_sizes: Sequence[int] | None = None) -> int:
         return max(MIN_BUCKET, 1 << max(0, (n - 1).bit_length()))
     fits = [b for b in bucket_sizes if b >= n]
     if not fits:
-        raise ValueError(f"prompt length {n} exceeds every bucket in "
-                         f"bucket_sizes={list(bucket_sizes)}")
+        raise ValueError(
+            f"prompt length {n} exceeds every bucket in bucket_sizes={list(bucket_sizes)}"
+        )
     return min(fits)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
-             bucket_sizes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, bucket_sizes: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads ragged prompts to a bucket length: `(ids int32 [B,P], mask int32 [B,P])`."""
     if len(prompts) == 0:
         raise ValueError("prompts=[]: expected at least one prompt")
@@ -268,8 +271,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
     ids = np.full((len(prompts), P), pad_id, np.int32)
     mask = np.zeros((len(prompts), P), np.int32)
     for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = np.asarray(p, np.int32)
-        mask[i, P - len(p):] = 1
+        ids[i, P - len(p) :] = np.asarray(p, np.int32)
+        mask[i, P - len(p) :] = 1
     return ids, mask
 
 
@@ -285,13 +288,15 @@ def _check_draw(draw) -> None:
         raise ValueError(f"draw={draw!r}: expected one of {DRAWS}")
 
 
-def _check(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p, eos_id,
-           pad_id) -> None:
+def _check(
+    config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
+) -> None:
     V = config.vocab_size
     if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected a positive integer")
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature)
-            and temperature >= 0):
+    if not (
+        isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0
+    ):
         raise ValueError(f"temperature={temperature!r}: expected a finite number >= 0")
     if not isinstance(top_k, int | np.integer) or not 0 <= top_k <= V:
         raise ValueError(f"top_k={top_k!r}: expected an integer in [0, vocab_size={V}]")
@@ -309,18 +314,29 @@ def _check(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top
             raise ValueError(f"prompts[{i}]={p!r}: expected a non-empty list of token ids")
         if a.min() < 0 or a.max() >= V:
             bad = int(a.min() if a.min() < 0 else a.max())
-            raise ValueError(f"prompts[{i}] holds token id {bad}"
-                             f" outside [0, vocab_size={V})")
+            raise ValueError(f"prompts[{i}] holds token id {bad} outside [0, vocab_size={V})")
         if len(p) + max_new_tokens > config.max_seq_len:
-            raise ValueError(f"prompts[{i}] has {len(p)} tokens: with max_new_tokens="
-                             f"{max_new_tokens} that exceeds max_seq_len={config.max_seq_len}")
+            raise ValueError(
+                f"prompts[{i}] has {len(p)} tokens: with max_new_tokens="
+                f"{max_new_tokens} that exceeds max_seq_len={config.max_seq_len}"
+            )
 
 
-def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             rng: jax.Array | int | None = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
-             bucket_sizes: Sequence[int] | None = None, mesh=None,
-             draw: str = "inverse_cdf") -> Generation:
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    rng: jax.Array | int | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    bucket_sizes: Sequence[int] | None = None,
+    mesh=None,
+    draw: str = "inverse_cdf",
+) -> Generation:
     """Samples continuations of ragged token-id prompts (see `sample_tokens` for the knobs).
 
     Prompts are left-padded to a bucket length (`bucket_sizes`, default powers of two >= 16,
@@ -354,10 +370,24 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     if isinstance(rng, int | np.integer):
         rng = jax.random.key(int(rng))
     tokens, logprobs, out_mask, steps = _sample_jit(
-        model.params, config, jnp.asarray(ids), jnp.asarray(mask), rng,
-        max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-        top_p=float(top_p), eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id),
-        mesh=mesh, draw=draw)
+        model.params,
+        config,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        rng,
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        eos_id=None if eos_id is None else int(eos_id),
+        pad_id=int(pad_id),
+        mesh=mesh,
+        draw=draw,
+    )
     tokens, logprobs, out_mask, steps = jax.device_get((tokens, logprobs, out_mask, steps))
-    return Generation(tokens=np.asarray(tokens)[:B], logprobs=np.asarray(logprobs)[:B],
-                      mask=np.asarray(out_mask)[:B], decode_steps=int(steps))
+    return Generation(
+        tokens=np.asarray(tokens)[:B],
+        logprobs=np.asarray(logprobs)[:B],
+        mask=np.asarray(out_mask)[:B],
+        decode_steps=int(steps),
+    )

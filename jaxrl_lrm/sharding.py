@@ -48,8 +48,9 @@ RULES: dict[str, tuple[str, ...]] = {
 CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    data: int = 1, fsdp: int = -1, tensor: int = 1, *, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A `(data, fsdp, tensor)` mesh over all (or the given) devices.
 
     One axis may be -1 and takes the devices the others leave. Axis types are `Auto`: shardings
@@ -78,8 +79,12 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *,
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None, rules: dict | None = None) -> PartitionSpec:
+def logical_to_spec(
+    axes: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+) -> PartitionSpec:
     """The PartitionSpec the rules give a tensor with these logical axes.
 
     With `shape` and `mesh`, mesh axes that do not divide a dimension (or are already used by an
@@ -116,11 +121,15 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: dict | None = None
     """NamedShardings for a pytree of logical axes and a matching pytree of shapes."""
     return jax.tree.map(
         lambda axes, shape: NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules)),
-        axes_tree, shapes_tree, is_leaf=_is_axes)
+        axes_tree,
+        shapes_tree,
+        is_leaf=_is_axes,
+    )
 
 
-def param_shardings(model_config, mesh: Mesh, *, value_head: bool = False,
-                    rules: dict | None = None):
+def param_shardings(
+    model_config, mesh: Mesh, *, value_head: bool = False, rules: dict | None = None
+):
     """NamedShardings of a model's parameters by the rules.
 
     Args:
@@ -180,7 +189,8 @@ def shard_batch(batch, mesh: Mesh, rules: dict | None = None):
         local = np.asarray(x)
         global_shape = (local.shape[0] * nproc, *local.shape[1:])
         return jax.make_array_from_process_local_data(
-            batch_spec_for(global_shape, mesh, rules), local, global_shape)
+            batch_spec_for(global_shape, mesh, rules), local, global_shape
+        )
 
     return jax.tree.map(place, batch)
 
@@ -191,8 +201,9 @@ def host_rows(x) -> np.ndarray:
         return np.asarray(x)
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.global_array_to_host_local_array(
-        x, x.sharding.mesh, x.sharding.spec))
+    return np.asarray(
+        multihost_utils.global_array_to_host_local_array(x, x.sharding.mesh, x.sharding.spec)
+    )
 
 
 def cache_sharding(cache_shape: Sequence[int], mesh: Mesh, rules: dict | None = None):
@@ -204,6 +215,7 @@ def on_mesh(tree, mesh: Mesh):
     """Every leaf that is not already laid out on `mesh` (scalars such as step counters,
     freshly created on one device) placed replicated on it, so that jitted functions see the
     same input shardings on every call and compile once."""
+
     def place(x):
         s = getattr(x, "sharding", None)
         if isinstance(s, NamedSharding) and s.mesh == mesh:
@@ -217,18 +229,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
     """Multi-host start-up: `jax.distributed.initialize` with explicit values, or from the
     environment on a TPU pod when none are given. Call once, before any other JAX work."""
     given = [coordinator_address is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
-        raise ValueError("--coordinator-address, --num-processes and --process-id go together; "
-                         f"got coordinator_address={coordinator_address!r}, "
-                         f"num_processes={num_processes!r}, process_id={process_id!r}")
+        raise ValueError(
+            "--coordinator-address, --num-processes and --process-id go together; "
+            f"got coordinator_address={coordinator_address!r}, "
+            f"num_processes={num_processes!r}, process_id={process_id!r}"
+        )
     if all(given):
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
     else:
         jax.distributed.initialize()

@@ -117,10 +117,7 @@ def test_chunked_matches_numpy(hidden_case, chunk_size, transposed):
     hidden, w, tokens = hidden_case
     lsm = np_log_softmax((hidden.astype(np.float64) @ w) / 0.8)
     fn = functools.partial(
-        losses.chunked_token_logprobs,
-        chunk_size=chunk_size,
-        transposed=transposed,
-        temperature=0.8,
+        losses.chunked_token_logprobs, chunk_size=chunk_size, transposed=transposed, temperature=0.8
     )
     emb = w.T if transposed else w
     for f in (fn, jax.jit(fn)):
@@ -160,9 +157,11 @@ def test_chunked_lse_kernels_agree(hidden_case):
 
     def run(kernel):
         def f(h, e):
-            lp, ent = losses.chunked_token_logprobs(h, e, tokens, chunk_size=4, temperature=0.9,
-                                                    lse_kernel=kernel)
+            lp, ent = losses.chunked_token_logprobs(
+                h, e, tokens, chunk_size=4, temperature=0.9, lse_kernel=kernel
+            )
             return jnp.sum(u * lp) + jnp.sum(v * ent), (lp, ent)
+
         return jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))(hidden, w)
 
     (g2, (lp2, ent2)), (g1, (lp1, ent1)) = run("two_pass"), run("online")

@@ -9,8 +9,12 @@ import pytest
 
 from jaxrl_lrm import models, sampling, sharding
 
-PROMPTS = [[5, 9, 200, 17], [3], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23],
-           [100, 101]]  # lengths 4, 1, 17 (bucket 32), 2
+PROMPTS = [
+    [5, 9, 200, 17],
+    [3],
+    [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23],
+    [100, 101],
+]  # lengths 4, 1, 17 (bucket 32), 2
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,8 @@ def _full_logits(model, seq):
     right cannot reach positions before it under the causal mask, so logits[:len(seq)] are those
     of the sequence alone; one fixed length avoids a compilation per length."""
     tokens = np.zeros((1, REF_LEN), np.int32)
-    tokens[0, :len(seq)] = seq
-    return np.asarray(models.logits(model, tokens))[0, :len(seq)]
+    tokens[0, : len(seq)] = seq
+    return np.asarray(models.logits(model, tokens))[0, : len(seq)]
 
 
 def _greedy_reference(model, prompt, steps):
@@ -43,7 +47,7 @@ def _greedy_reference(model, prompt, steps):
         tok = int(np.argmax(logits))
         logps.append(_log_softmax(logits)[tok])
         seq.append(tok)
-    return seq[len(prompt):], np.array(logps)
+    return seq[len(prompt) :], np.array(logps)
 
 
 def test_left_pad_and_buckets():
@@ -74,7 +78,7 @@ def test_sampled_logprobs_match_full_forward(model):
     T, temp = 8, 0.7
     gen = sampling.generate(model, PROMPTS, max_new_tokens=T, temperature=temp, rng=3)
     for i, prompt in enumerate(PROMPTS):
-        logits = _full_logits(model, list(prompt) + gen.tokens[i].tolist())[len(prompt) - 1:-1]
+        logits = _full_logits(model, list(prompt) + gen.tokens[i].tolist())[len(prompt) - 1 : -1]
         ref = _log_softmax(logits / temp)[np.arange(T), gen.tokens[i]]
         np.testing.assert_allclose(gen.logprobs[i], ref, atol=1e-4, err_msg=f"row {i}")
     # Sampling, not greedy: at 0.7 over a near-flat vocabulary some token differs from argmax.
@@ -97,15 +101,30 @@ def _truncated_probs(logits, top_k, top_p):
     return out
 
 
-@pytest.mark.parametrize("top_k,top_p,draw", [(5, 1.0, "inverse_cdf"), (0, 0.5, "inverse_cdf"),
-                                               (6, 0.8, "inverse_cdf"), (6, 0.8, "categorical")])
+@pytest.mark.parametrize(
+    "top_k,top_p,draw",
+    [
+        (5, 1.0, "inverse_cdf"),
+        (0, 0.5, "inverse_cdf"),
+        (6, 0.8, "inverse_cdf"),
+        (6, 0.8, "categorical"),
+    ],
+)
 def test_top_k_top_p_frequencies(model, top_k, top_p, draw):
     # A sharper head than the random init gives, so the truncations change the distribution.
     peaked = model.replace(params={**model.params, "lm_head": model.params["lm_head"] * 15.0})
     prompt = [11, 22, 33]
     N = 8192
-    gen = sampling.generate(peaked, [prompt] * N, max_new_tokens=1, temperature=1.0,
-                            top_k=top_k, top_p=top_p, rng=7, draw=draw)
+    gen = sampling.generate(
+        peaked,
+        [prompt] * N,
+        max_new_tokens=1,
+        temperature=1.0,
+        top_k=top_k,
+        top_p=top_p,
+        rng=7,
+        draw=draw,
+    )
     logits = np.asarray(models.logits(peaked, np.array([prompt])), np.float64)[0, -1]
     expected = _truncated_probs(logits, top_k, top_p)
     counts = np.bincount(gen.tokens[:, 0], minlength=logits.size)
@@ -173,8 +192,9 @@ def test_eos_padding_and_early_stop(model):
     free = sampling.generate(model, PROMPTS, max_new_tokens=T, temperature=0.0, pad_id=pad)
     assert free.decode_steps == T - 1
     eos = int(free.tokens[0, 2])
-    gen = sampling.generate(model, PROMPTS, max_new_tokens=T, temperature=0.0, eos_id=eos,
-                            pad_id=pad)
+    gen = sampling.generate(
+        model, PROMPTS, max_new_tokens=T, temperature=0.0, eos_id=eos, pad_id=pad
+    )
     for i in range(len(PROMPTS)):
         hits = np.flatnonzero(free.tokens[i] == eos)
         n = hits[0] + 1 if hits.size else T  # tokens kept, EOS included
@@ -184,15 +204,20 @@ def test_eos_padding_and_early_stop(model):
         np.testing.assert_array_equal(gen.logprobs[i, n:], 0.0)
         np.testing.assert_allclose(gen.logprobs[i, :n], free.logprobs[i, :n], atol=1e-6)
     # Every row ends at step 2: the loop runs two decode passes, not T - 1.
-    same = sampling.generate(model, [PROMPTS[0]] * 3, max_new_tokens=T, temperature=0.0,
-                             eos_id=eos, pad_id=pad)
+    same = sampling.generate(
+        model, [PROMPTS[0]] * 3, max_new_tokens=T, temperature=0.0, eos_id=eos, pad_id=pad
+    )
     assert same.decode_steps == 2
     assert same.tokens.shape == (3, T)
     np.testing.assert_array_equal(same.mask.sum(1), 3)
     # EOS as the very first token: no decode pass at all.
     first = int(free.tokens[0, 0])
-    assert sampling.generate(model, [PROMPTS[0]], max_new_tokens=T, temperature=0.0,
-                             eos_id=first).decode_steps == 0
+    assert (
+        sampling.generate(
+            model, [PROMPTS[0]], max_new_tokens=T, temperature=0.0, eos_id=first
+        ).decode_steps
+        == 0
+    )
 
 
 def test_buckets_share_one_compilation(model):
@@ -205,11 +230,31 @@ def test_buckets_share_one_compilation(model):
 
 def test_sample_tokens_jitted_directly(model):
     ids, mask = sampling.left_pad(PROMPTS, 0)
-    fn = jax.jit(sampling.sample_tokens, static_argnames=(
-        "config", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
-    tokens, logprobs, mask_out = fn(model.params, model.config, ids, mask, jax.random.key(3),
-                                    max_new_tokens=5, temperature=0.7, top_k=0, top_p=1.0,
-                                    eos_id=None, pad_id=0)
+    fn = jax.jit(
+        sampling.sample_tokens,
+        static_argnames=(
+            "config",
+            "max_new_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "eos_id",
+            "pad_id",
+        ),
+    )
+    tokens, logprobs, mask_out = fn(
+        model.params,
+        model.config,
+        ids,
+        mask,
+        jax.random.key(3),
+        max_new_tokens=5,
+        temperature=0.7,
+        top_k=0,
+        top_p=1.0,
+        eos_id=None,
+        pad_id=0,
+    )
     gen = sampling.generate(model, PROMPTS, max_new_tokens=5, temperature=0.7, rng=3)
     np.testing.assert_array_equal(tokens, gen.tokens)
     np.testing.assert_allclose(logprobs, gen.logprobs, atol=1e-6)
@@ -229,23 +274,26 @@ def test_sharded_equals_single_device(model, shape, n_rows):
     np.testing.assert_array_equal(multi.mask, single.mask)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(prompts=[]), "prompts=\\[\\]"),
-    (dict(prompts=[[1], []]), "prompts\\[1\\]"),
-    (dict(prompts=[[1, 300]]), "token id 300"),
-    (dict(prompts=[[-1]]), "token id -1"),
-    (dict(prompts=[[1] * 510]), "max_seq_len=512"),
-    (dict(max_new_tokens=0), "max_new_tokens=0"),
-    (dict(max_new_tokens=-3), "max_new_tokens=-3"),
-    (dict(temperature=-0.5), "temperature=-0.5"),
-    (dict(top_k=-1), "top_k=-1"),
-    (dict(top_k=257), "top_k=257"),
-    (dict(top_p=0.0), "top_p=0.0"),
-    (dict(top_p=1.5), "top_p=1.5"),
-    (dict(eos_id=256), "eos_id=256"),
-    (dict(pad_id=-1), "pad_id=-1"),
-    (dict(draw="gumbel"), "draw='gumbel'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(prompts=[]), "prompts=\\[\\]"),
+        (dict(prompts=[[1], []]), "prompts\\[1\\]"),
+        (dict(prompts=[[1, 300]]), "token id 300"),
+        (dict(prompts=[[-1]]), "token id -1"),
+        (dict(prompts=[[1] * 510]), "max_seq_len=512"),
+        (dict(max_new_tokens=0), "max_new_tokens=0"),
+        (dict(max_new_tokens=-3), "max_new_tokens=-3"),
+        (dict(temperature=-0.5), "temperature=-0.5"),
+        (dict(top_k=-1), "top_k=-1"),
+        (dict(top_k=257), "top_k=257"),
+        (dict(top_p=0.0), "top_p=0.0"),
+        (dict(top_p=1.5), "top_p=1.5"),
+        (dict(eos_id=256), "eos_id=256"),
+        (dict(pad_id=-1), "pad_id=-1"),
+        (dict(draw="gumbel"), "draw='gumbel'"),
+    ],
+)
 def test_bad_input_raises(model, kwargs, match):
     args = dict(prompts=[[1, 2]], max_new_tokens=4) | kwargs
     with pytest.raises(ValueError, match=match):

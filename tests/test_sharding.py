@@ -15,8 +15,18 @@ from jaxrl_lrm.models import transformer
 
 # n_heads=3 and n_kv_heads=1 do not divide by tensor=2, vocab 257 neither: those dims fall back
 # to replicated; embed 64 and mlp 128 divide and are sharded.
-ODD = models.ModelConfig(arch="qwen3", vocab_size=257, d_model=64, n_layers=2, n_heads=3,
-                         n_kv_heads=1, head_dim=16, mlp_dim=128, qk_norm=True, max_seq_len=64)
+ODD = models.ModelConfig(
+    arch="qwen3",
+    vocab_size=257,
+    d_model=64,
+    n_layers=2,
+    n_heads=3,
+    n_kv_heads=1,
+    head_dim=16,
+    mlp_dim=128,
+    qk_norm=True,
+    max_seq_len=64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +62,21 @@ def test_param_specs_follow_rules(mesh):
 def test_param_shardings_come_from_axis_trees(mesh):
     # sharding maps the trees a model names (`models.param_axes`, `models.param_shapes`).
     config = models.preset("tiny")
-    want = sharding.tree_shardings(models.param_axes(config, value_head=True),
-                                   models.param_shapes(config, value_head=True), mesh)
+    want = sharding.tree_shardings(
+        models.param_axes(config, value_head=True),
+        models.param_shapes(config, value_head=True),
+        mesh,
+    )
     got = sharding.param_shardings(config, mesh, value_head=True)
     assert jax.tree.map(lambda s: s.spec, got) == jax.tree.map(lambda s: s.spec, want)
 
 
 def test_sharding_imports_no_model_code():
     # One direction only: models place parameters through sharding, sharding never imports them.
-    code = ("import sys, jaxrl_lrm.sharding; "
-            "print(sorted(m for m in sys.modules if m.startswith('jaxrl_lrm.')))")
+    code = (
+        "import sys, jaxrl_lrm.sharding; "
+        "print(sorted(m for m in sys.modules if m.startswith('jaxrl_lrm.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['jaxrl_lrm.sharding']"
 
@@ -78,8 +93,9 @@ def test_logical_to_spec_drops_used_and_nondividing_axes(mesh):
 def test_cache_sharding(mesh):
     spec = sharding.cache_sharding((2, 8, 16, 2, 16), mesh).spec
     assert spec == P(None, ("data", "fsdp"), None, "tensor", None)
-    assert sharding.cache_sharding((2, 2, 16, 1, 16), mesh).spec == P(None, "data", None, None,
-                                                                        None)
+    assert sharding.cache_sharding((2, 2, 16, 1, 16), mesh).spec == P(
+        None, "data", None, None, None
+    )
 
 
 @pytest.mark.parametrize("config", ["tiny", ODD])
@@ -90,14 +106,18 @@ def test_sharded_forward_equals_single_device(mesh, config):
     ref = np.asarray(models.logits(single, tokens))
     batch = sharding.shard_batch({"tokens": jnp.asarray(tokens, jnp.int32)}, mesh)
     out = jax.jit(lambda p, t: transformer.forward(p, single.config, t)[0])(
-        sharded.params, batch["tokens"])
+        sharded.params, batch["tokens"]
+    )
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_make_mesh_sizes():
     assert dict(sharding.make_mesh(data=2, fsdp=-1).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert dict(sharding.make_mesh(data=-1, fsdp=2, tensor=2).shape) == {
-        "data": 2, "fsdp": 2, "tensor": 2}
+        "data": 2,
+        "fsdp": 2,
+        "tensor": 2,
+    }
     with pytest.raises(ValueError, match="cannot be split"):
         sharding.make_mesh(data=3, fsdp=-1)
     with pytest.raises(ValueError, match="mesh.data=0"):

@@ -47,7 +47,10 @@ def _realistic(n: int, rng: random.Random) -> list[tuple[str, str]]:
             gold = f"\\{{{k}, -{k}\\}}"
             pred = f"\\{{-{v}, {v}\\}}" if rng.random() < 0.8 else f"\\pm {v}"
         else:
-            gold, pred = f"(-\\infty, {k}) \\cup ({k}, \\infty)", f"({v}, \\infty) \\cup (-\\infty, {v})"
+            gold, pred = (
+                f"(-\\infty, {k}) \\cup ({k}, \\infty)",
+                f"({v}, \\infty) \\cup (-\\infty, {v})",
+            )
         pairs.append((f"We compute step by step... so the answer is $\\boxed{{{pred}}}$.", gold))
     return pairs
 
@@ -95,7 +98,9 @@ def _math_agreement() -> dict:
         "math_agreement": None if ref is None else frac(ours, ref),
         "math_label_accuracy": frac(ours, [r["label"] for r in rows]),
         "math_label_accuracy_lenient": frac(lenient, [r["label_lenient"] for r in rows]),
-        "math_verify_label_accuracy": None if ref is None else frac(ref, [r["label"] for r in rows]),
+        "math_verify_label_accuracy": None
+        if ref is None
+        else frac(ref, [r["label"] for r in rows]),
         "math_cases": n,
     }
 
@@ -126,7 +131,9 @@ def _math(quick: bool) -> dict:
     adv_rate = len(adv) / (time.perf_counter() - start)
     return {
         "math_per_s_per_core": round(math_rate, 1),
-        "math_fast_path_per_s": round(sum(fast) / max(1e-9, sum(t for t, f in zip(times, fast) if f)), 1),
+        "math_fast_path_per_s": round(
+            sum(fast) / max(1e-9, sum(t for t, f in zip(times, fast) if f)), 1
+        ),
         "math_pool_fraction": round(len(pool_s) / n, 4),
         "math_pool_ms": round(1000 * sum(pool_s) / len(pool_s), 1) if pool_s else None,
         "math_true_fraction": round(correct / n, 3),
@@ -152,12 +159,12 @@ def run(quick: bool, extra_args: list[str] | None = None) -> dict:
     """Runs the benchmark; returns `{"summary": {...}, ...}` and prints a small table."""
     math = _math(quick)
     sandbox = _sandbox_rate(5 if quick else 20)
-    summary = {
-        **math,
-        "sandbox_per_s": None if sandbox is None else round(sandbox, 2),
-    }
+    summary = {**math, "sandbox_per_s": None if sandbox is None else round(sandbox, 2)}
     print(f"{'metric':<28}{'value':>12}")
     for k, v in summary.items():
         print(f"{k:<28}{v!s:>12}")
-    return {"summary": summary, "n_realistic": 400 if quick else 4000,
-            "n_adversarial": len(ADVERSARIAL) * (1 if quick else 3)}
+    return {
+        "summary": summary,
+        "n_realistic": 400 if quick else 4000,
+        "n_adversarial": len(ADVERSARIAL) * (1 if quick else 3),
+    }

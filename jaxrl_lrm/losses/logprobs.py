@@ -76,8 +76,12 @@ def _lse_and_entropy_2pass(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     m = jnp.max(x, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     e = jnp.exp(x - m)
-    s, t = jax.lax.reduce((e, e * jnp.where(x == -jnp.inf, 0.0, x)), (0.0, 0.0),
-                          lambda a, b: (a[0] + b[0], a[1] + b[1]), (x.ndim - 1,))
+    s, t = jax.lax.reduce(
+        (e, e * jnp.where(x == -jnp.inf, 0.0, x)),
+        (0.0, 0.0),
+        lambda a, b: (a[0] + b[0], a[1] + b[1]),
+        (x.ndim - 1,),
+    )
     lse = m[..., 0] + jnp.log(s)
     return lse, lse - t / s
 

@@ -14,8 +14,22 @@ from jaxrl_lrm.models.transformer import (
 from jaxrl_lrm.models.value_model import load_value_model, save_value_model
 
 __all__ = [
-    "PRESETS", "Model", "ModelConfig", "forward", "forward_hidden", "init", "init_cache",
-    "load_pretrained", "load_value_model", "logits", "output_embedding", "param_axes",
-    "param_shapes", "preset", "save_pretrained", "save_value_model", "value_head",
+    "PRESETS",
+    "Model",
+    "ModelConfig",
+    "forward",
+    "forward_hidden",
+    "init",
+    "init_cache",
+    "load_pretrained",
+    "load_value_model",
+    "logits",
+    "output_embedding",
+    "param_axes",
+    "param_shapes",
+    "preset",
+    "save_pretrained",
+    "save_value_model",
+    "value_head",
     "with_value_head",
 ]

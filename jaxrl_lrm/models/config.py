@@ -55,25 +55,40 @@ class ModelConfig:
             raise ValueError(f"arch={self.arch!r}: expected one of {ARCHITECTURES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: expected one of {DTYPES}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                     "mlp_dim", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "mlp_dim",
+            "max_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r}: expected a positive integer")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
-                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim}: RoPE needs an even head dimension")
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, tuple) or self.rope_scaling[0] not in ROPE_TYPES:
-                raise ValueError(f"rope_scaling={self.rope_scaling!r}: expected None or "
-                                 "('llama3', factor, low_freq_factor, high_freq_factor, "
-                                 "original_max_position_embeddings)")
-        if not (self.scan_unroll is None or isinstance(self.scan_unroll, bool)
-                or (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1)):
-            raise ValueError(f"scan_unroll={self.scan_unroll!r}: expected None, a bool or a "
-                             "positive integer")
+                raise ValueError(
+                    f"rope_scaling={self.rope_scaling!r}: expected None or "
+                    "('llama3', factor, low_freq_factor, high_freq_factor, "
+                    "original_max_position_embeddings)"
+                )
+        if not (
+            self.scan_unroll is None
+            or isinstance(self.scan_unroll, bool)
+            or (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1)
+        ):
+            raise ValueError(
+                f"scan_unroll={self.scan_unroll!r}: expected None, a bool or a positive integer"
+            )
         if not isinstance(self.cpu_kernels, bool):
             raise ValueError(f"cpu_kernels={self.cpu_kernels!r}: expected a bool")
 
@@ -125,8 +140,11 @@ def param_axes(config: ModelConfig, *, value_head: bool = False) -> dict:
         "w_down": ("layers", "mlp", "embed"),
     }
     if config.qkv_bias:
-        layers |= {"bq": ("layers", "heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
-                   "bv": ("layers", "kv_heads", "head_dim")}
+        layers |= {
+            "bq": ("layers", "heads", "head_dim"),
+            "bk": ("layers", "kv_heads", "head_dim"),
+            "bv": ("layers", "kv_heads", "head_dim"),
+        }
     if config.qk_norm:
         layers |= {"q_norm": ("layers", "norm"), "k_norm": ("layers", "norm")}
     axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
@@ -140,11 +158,24 @@ def param_axes(config: ModelConfig, *, value_head: bool = False) -> dict:
 def param_shapes(config: ModelConfig, *, value_head: bool = False) -> dict:
     """Shapes of every parameter (same tree structure as `param_axes`)."""
     c = config
-    L, D, N, K, H, F, V = (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim,
-                           c.mlp_dim, c.vocab_size)
+    L, D, N, K, H, F, V = (
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.mlp_dim,
+        c.vocab_size,
+    )
     layers = {
-        "attn_norm": (L, D), "wq": (L, D, N, H), "wk": (L, D, K, H), "wv": (L, D, K, H),
-        "wo": (L, N, H, D), "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F),
+        "attn_norm": (L, D),
+        "wq": (L, D, N, H),
+        "wk": (L, D, K, H),
+        "wv": (L, D, K, H),
+        "wo": (L, N, H, D),
+        "mlp_norm": (L, D),
+        "w_gate": (L, D, F),
+        "w_up": (L, D, F),
         "w_down": (L, F, D),
     }
     if c.qkv_bias:
@@ -161,34 +192,108 @@ def param_shapes(config: ModelConfig, *, value_head: bool = False) -> dict:
 
 PRESETS: dict[str, ModelConfig] = {
     # Tests only: small enough to compile in a second on one CPU core.
-    "tiny": ModelConfig(arch="qwen3", vocab_size=256, d_model=64, n_layers=2, n_heads=4,
-                        n_kv_heads=2, head_dim=16, mlp_dim=128, qk_norm=True, max_seq_len=512,
-                        rope_theta=10000.0),
+    "tiny": ModelConfig(
+        arch="qwen3",
+        vocab_size=256,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        qk_norm=True,
+        max_seq_len=512,
+        rope_theta=10000.0,
+    ),
     # The shape TRL and Tunix were timed at on the 2-vCPU machine (24.1 M parameters).
-    "bench-cpu": ModelConfig(arch="qwen3", vocab_size=8192, d_model=512, n_layers=4, n_heads=4,
-                             n_kv_heads=2, head_dim=128, mlp_dim=2048, qk_norm=True,
-                             rope_theta=1_000_000.0, max_seq_len=2048),
-    "qwen2.5-0.5b": ModelConfig(arch="qwen2", vocab_size=151936, d_model=896, n_layers=24,
-                                n_heads=14, n_kv_heads=2, head_dim=64, mlp_dim=4864,
-                                qkv_bias=True, tie_embeddings=True, rope_theta=1_000_000.0,
-                                norm_eps=1e-6, max_seq_len=32768),
-    "qwen2.5-1.5b": ModelConfig(arch="qwen2", vocab_size=151936, d_model=1536, n_layers=28,
-                                n_heads=12, n_kv_heads=2, head_dim=128, mlp_dim=8960,
-                                qkv_bias=True, tie_embeddings=True, rope_theta=1_000_000.0,
-                                norm_eps=1e-6, max_seq_len=32768),
-    "qwen3-0.6b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=1024, n_layers=28,
-                              n_heads=16, n_kv_heads=8, head_dim=128, mlp_dim=3072,
-                              qk_norm=True, tie_embeddings=True, rope_theta=1_000_000.0,
-                              norm_eps=1e-6, max_seq_len=40960),
-    "qwen3-1.7b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=2048, n_layers=28,
-                              n_heads=16, n_kv_heads=8, head_dim=128, mlp_dim=6144,
-                              qk_norm=True, tie_embeddings=True, rope_theta=1_000_000.0,
-                              norm_eps=1e-6, max_seq_len=40960),
-    "llama-3.2-1b": ModelConfig(arch="llama", vocab_size=128256, d_model=2048, n_layers=16,
-                                n_heads=32, n_kv_heads=8, head_dim=64, mlp_dim=8192,
-                                tie_embeddings=True, rope_theta=500000.0, norm_eps=1e-5,
-                                rope_scaling=("llama3", 32.0, 1.0, 4.0, 8192),
-                                max_seq_len=131072),
+    "bench-cpu": ModelConfig(
+        arch="qwen3",
+        vocab_size=8192,
+        d_model=512,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=128,
+        mlp_dim=2048,
+        qk_norm=True,
+        rope_theta=1_000_000.0,
+        max_seq_len=2048,
+    ),
+    "qwen2.5-0.5b": ModelConfig(
+        arch="qwen2",
+        vocab_size=151936,
+        d_model=896,
+        n_layers=24,
+        n_heads=14,
+        n_kv_heads=2,
+        head_dim=64,
+        mlp_dim=4864,
+        qkv_bias=True,
+        tie_embeddings=True,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=32768,
+    ),
+    "qwen2.5-1.5b": ModelConfig(
+        arch="qwen2",
+        vocab_size=151936,
+        d_model=1536,
+        n_layers=28,
+        n_heads=12,
+        n_kv_heads=2,
+        head_dim=128,
+        mlp_dim=8960,
+        qkv_bias=True,
+        tie_embeddings=True,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=32768,
+    ),
+    "qwen3-0.6b": ModelConfig(
+        arch="qwen3",
+        vocab_size=151936,
+        d_model=1024,
+        n_layers=28,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=128,
+        mlp_dim=3072,
+        qk_norm=True,
+        tie_embeddings=True,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=40960,
+    ),
+    "qwen3-1.7b": ModelConfig(
+        arch="qwen3",
+        vocab_size=151936,
+        d_model=2048,
+        n_layers=28,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=128,
+        mlp_dim=6144,
+        qk_norm=True,
+        tie_embeddings=True,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=40960,
+    ),
+    "llama-3.2-1b": ModelConfig(
+        arch="llama",
+        vocab_size=128256,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=64,
+        mlp_dim=8192,
+        tie_embeddings=True,
+        rope_theta=500000.0,
+        norm_eps=1e-5,
+        rope_scaling=("llama3", 32.0, 1.0, 4.0, 8192),
+        max_seq_len=131072,
+    ),
 }
 
 

@@ -37,8 +37,14 @@ class Model:
 jax.tree_util.register_dataclass(Model, data_fields=["params"], meta_fields=["config", "tokenizer"])
 
 
-def init(config: ModelConfig | str, rng: jax.Array | int = 0, *, value_head: bool = False,
-         mesh=None, tokenizer=None) -> Model:
+def init(
+    config: ModelConfig | str,
+    rng: jax.Array | int = 0,
+    *,
+    value_head: bool = False,
+    mesh=None,
+    tokenizer=None,
+) -> Model:
     """A randomly initialised model from a config or preset name, sharded on `mesh` if given."""
     if isinstance(config, str):
         config = preset(config)
@@ -55,8 +61,9 @@ def _init_fn(config: ModelConfig, value_head: bool, mesh):
     shardings = None
     if mesh is not None:
         shardings = sharding.param_shardings(config, mesh, value_head=value_head)
-    return jax.jit(lambda r: transformer.init_params(config, r, value_head=value_head),
-                   out_shardings=shardings)
+    return jax.jit(
+        lambda r: transformer.init_params(config, r, value_head=value_head), out_shardings=shardings
+    )
 
 
 def with_value_head(model: Model, rng: jax.Array | int = 0) -> Model:
@@ -76,5 +83,6 @@ def logits(model: Model, tokens) -> jax.Array:
     return _logits_jit(model.params, tokens, model.config)
 
 
-_logits_jit = jax.jit(lambda params, tokens, config: transformer.forward(params, config, tokens)[0],
-                      static_argnums=2)
+_logits_jit = jax.jit(
+    lambda params, tokens, config: transformer.forward(params, config, tokens)[0], static_argnums=2
+)

@@ -22,22 +22,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lrm.models.config import (  # noqa: F401  (param_axes/param_shapes re-exported)
-    ModelConfig,
-    param_axes,
-    param_shapes,
-)
+from jaxrl_lrm.models.config import ModelConfig, param_axes, param_shapes  # noqa: F401  (param_axes/param_shapes re-exported)
 
 Params = dict
 _NEG = -1e30  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
 
 
-def init_params(config: ModelConfig, rng: jax.Array, *, value_head: bool = False,
-                init_std: float = 0.02) -> Params:
+def init_params(
+    config: ModelConfig, rng: jax.Array, *, value_head: bool = False, init_std: float = 0.02
+) -> Params:
     """Random parameters: N(0, init_std) matrices, unit norms, zero biases and value head."""
     shapes = param_shapes(config, value_head=value_head)
     flat, treedef = jax.tree_util.tree_flatten_with_path(
-        shapes, is_leaf=lambda x: isinstance(x, tuple))
+        shapes, is_leaf=lambda x: isinstance(x, tuple)
+    )
     keys = jax.random.split(rng, len(flat))
     dtype = jnp.dtype(config.dtype)
     leaves = []
@@ -45,8 +43,12 @@ def init_params(config: ModelConfig, rng: jax.Array, *, value_head: bool = False
         name = jax.tree_util.keystr(path)
         if "norm" in name:
             leaves.append(jnp.ones(shape, dtype))
-        elif "value_head" in name or name.endswith("['bq']") or name.endswith("['bk']") \
-                or name.endswith("['bv']"):
+        elif (
+            "value_head" in name
+            or name.endswith("['bq']")
+            or name.endswith("['bk']")
+            or name.endswith("['bv']")
+        ):
             leaves.append(jnp.zeros(shape, dtype))
         else:
             leaves.append((init_std * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
@@ -99,7 +101,7 @@ def _dense(x, w):
 def _project(config: ModelConfig, x, w, n_in: int = 1):
     """`x[..., *in] @ w[*in, *out]`, contracting the last `n_in` axes of `x`."""
     if config.cpu_kernels:
-        lead = x.shape[:x.ndim - n_in]
+        lead = x.shape[: x.ndim - n_in]
         return _dense(x.reshape(*lead, -1), w.reshape(-1, *w.shape[n_in:]))
     return jnp.tensordot(x, w, axes=n_in)
 
@@ -113,8 +115,7 @@ def _attention_cpu(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
     q = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
     k = k_BSKH.transpose(0, 2, 1, 3)  # [B,K,S,H]
     v = v_BSKH.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqh,bksh->bkqs", q, k,
-                        preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(H)
     scores = scores.reshape(B, K, G, T, S)
     scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B, K, G * T, S)
@@ -129,8 +130,9 @@ def _attention(config: ModelConfig, q_BTNH, k_BSKH, v_BSKH, mask_BTS):
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
-                        preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+    ) / math.sqrt(H)
     scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
     return jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH).reshape(B, T, N, H)
@@ -140,8 +142,10 @@ def _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer):
     """`_write_cache` on the whole stacked `[L,B,S,K,H]` cache, carried through the layer scan
     and written at `[layer, :, cache_index:]` in place (CPU trick: no per-layer cache copy)."""
     at = (layer, 0, cache_index, 0, 0)
-    cache = {n: jax.lax.dynamic_update_slice(cache[n], x[None].astype(cache[n].dtype), at)
-             for n, x in (("k", k_BTKH), ("v", v_BTKH))}
+    cache = {
+        n: jax.lax.dynamic_update_slice(cache[n], x[None].astype(cache[n].dtype), at)
+        for n, x in (("k", k_BTKH), ("v", v_BTKH))
+    }
     k, v = (jax.lax.dynamic_index_in_dim(cache[n], layer, keepdims=False) for n in "kv")
     return k, v, cache
 
@@ -153,14 +157,18 @@ def _write_cache(config: ModelConfig, cache, k_BTKH, v_BTKH, cache_index, layer)
     stacked cache (the scan's input and output), or with `cpu_kernels` the whole stack."""
     if config.cpu_kernels:
         return _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer)
-    cache = {n: jax.lax.dynamic_update_slice_in_dim(cache[n], x.astype(cache[n].dtype),
-                                                    cache_index, axis=1)
-             for n, x in (("k", k_BTKH), ("v", v_BTKH))}
+    cache = {
+        n: jax.lax.dynamic_update_slice_in_dim(
+            cache[n], x.astype(cache[n].dtype), cache_index, axis=1
+        )
+        for n, x in (("k", k_BTKH), ("v", v_BTKH))
+    }
     return cache["k"], cache["v"], cache
 
 
-def _layer(config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, cache,
-           cache_index, layer):
+def _layer(
+    config: ModelConfig, inv_freq, x_BTD, lp, positions_BT, mask_BTS, cache, cache_index, layer
+):
     """One transformer block: `(new residual stream, updated cache or None)`."""
     c = config
     h = rms_norm(x_BTD, lp["attn_norm"], c.norm_eps)
@@ -191,8 +199,9 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dic
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def _run_layers(params: Params, config: ModelConfig, x_BTD, positions_BT, mask_BTS, cache,
-                cache_index):
+def _run_layers(
+    params: Params, config: ModelConfig, x_BTD, positions_BT, mask_BTS, cache, cache_index
+):
     """The layer loop: one `lax.scan` over the stacked layer params, `config.layer_unroll`
     iterations per trip. The whole cache rides in the carry when written in place
     (`cpu_kernels`); otherwise each layer's slice is a scan input and its update an output."""
@@ -202,8 +211,17 @@ def _run_layers(params: Params, config: ModelConfig, x_BTD, positions_BT, mask_B
     def body(carry, xs):
         x, carried = carry
         lp, layer, own = xs
-        x, out = _layer(config, inv_freq, x, lp, positions_BT, mask_BTS,
-                        carried if in_place else own, cache_index, layer)
+        x, out = _layer(
+            config,
+            inv_freq,
+            x,
+            lp,
+            positions_BT,
+            mask_BTS,
+            carried if in_place else own,
+            cache_index,
+            layer,
+        )
         return (x, out if in_place else None), None if in_place else out
 
     init = (x_BTD, cache if in_place else None)
@@ -212,9 +230,16 @@ def _run_layers(params: Params, config: ModelConfig, x_BTD, positions_BT, mask_B
     return x_BTD, carried if in_place else stacked
 
 
-def forward_hidden(params: Params, config: ModelConfig, tokens_BT: jax.Array, *,
-                   positions_BT: jax.Array | None = None, kv_mask_BS: jax.Array | None = None,
-                   cache: dict | None = None, cache_index: jax.Array | int = 0):
+def forward_hidden(
+    params: Params,
+    config: ModelConfig,
+    tokens_BT: jax.Array,
+    *,
+    positions_BT: jax.Array | None = None,
+    kv_mask_BS: jax.Array | None = None,
+    cache: dict | None = None,
+    cache_index: jax.Array | int = 0,
+):
     """Runs the backbone and returns `(hidden_BTD after the final norm, new cache or None)`.
 
     Args:
@@ -249,8 +274,12 @@ def output_embedding(params: Params, config: ModelConfig) -> jax.Array:
 
 def hidden_to_logits(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
     """Float32 logits from final hidden states."""
-    return jnp.einsum("...d,dv->...v", hidden, output_embedding(params, config),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "...d,dv->...v",
+        hidden,
+        output_embedding(params, config),
+        preferred_element_type=jnp.float32,
+    )
 
 
 def forward(params: Params, config: ModelConfig, tokens_BT: jax.Array, **kw):
@@ -262,5 +291,6 @@ def forward(params: Params, config: ModelConfig, tokens_BT: jax.Array, **kw):
 def value_head(params: Params, hidden: jax.Array) -> jax.Array:
     """Scalar value per position, float32: `hidden @ w + b`."""
     vh = params["value_head"]
-    return (jnp.einsum("...d,d->...", hidden, vh["w"], preferred_element_type=jnp.float32)
-            + vh["b"].astype(jnp.float32))
+    return jnp.einsum("...d,d->...", hidden, vh["w"], preferred_element_type=jnp.float32) + vh[
+        "b"
+    ].astype(jnp.float32)

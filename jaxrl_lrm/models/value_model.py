@@ -29,8 +29,13 @@ from jaxrl_lrm.models.model import Model
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 # What `data.tokenizer.load_tokenizer` reads: the project's char tokenizer or HF files.
-_TOKENIZER_FILES = (CHAR_TOKENIZER_FILE, "tokenizer.json", "tokenizer_config.json",
-                    "tokenizer.model", "vocab.json")
+_TOKENIZER_FILES = (
+    CHAR_TOKENIZER_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+)
 
 
 def save_value_model(model: Model, path: str | os.PathLike) -> None:
@@ -45,10 +50,13 @@ def save_value_model(model: Model, path: str | os.PathLike) -> None:
     from safetensors.numpy import save_file
 
     if not model.has_value_head:
-        raise ValueError("model has no value_head: expected a reward / value model "
-                         "(models.with_value_head or load_value_model)")
-    head = {k: np.asarray(jax.device_get(v), np.float32)
-            for k, v in model.params["value_head"].items()}
+        raise ValueError(
+            "model has no value_head: expected a reward / value model "
+            "(models.with_value_head or load_value_model)"
+        )
+    head = {
+        k: np.asarray(jax.device_get(v), np.float32) for k, v in model.params["value_head"].items()
+    }
     _check_head(head, model.config.d_model, "model.params['value_head']")
     backbone = {k: v for k, v in model.params.items() if k != "value_head"}
     path = Path(path)
@@ -66,9 +74,11 @@ def load_value_head(path: str | os.PathLike, d_model: int, dtype="float32") -> d
 
     file = Path(path) / VALUE_HEAD_FILE
     if not file.is_file():
-        raise ValueError(f"{str(file)!r} does not exist: expected a value-model directory "
-                         "written by save_value_model (or `jaxrl-lrm export` of a reward_model "
-                         "run)")
+        raise ValueError(
+            f"{str(file)!r} does not exist: expected a value-model directory "
+            "written by save_value_model (or `jaxrl-lrm export` of a reward_model "
+            "run)"
+        )
     head = load_file(str(file))
     _check_head(head, d_model, repr(str(file)))
     return {k: jnp.asarray(v, jnp.dtype(dtype)) for k, v in head.items()}
@@ -108,5 +118,6 @@ def load_value_model(path: str | os.PathLike, *, dtype: str = "float32", mesh=No
 def _check_head(head: dict, d_model: int, where: str) -> None:
     shapes = {k: tuple(np.shape(v)) for k, v in head.items()}
     if shapes != {"w": (d_model,), "b": ()}:
-        raise ValueError(f"{where} holds value head {shapes}: expected w of shape ({d_model},) "
-                         "and a scalar b")
+        raise ValueError(
+            f"{where} holds value head {shapes}: expected w of shape ({d_model},) and a scalar b"
+        )

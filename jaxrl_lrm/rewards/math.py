@@ -72,8 +72,7 @@ def _store(key: tuple, value: bool) -> None:
             _cache.popitem(last=False)
 
 
-def _judge(response: str, gold: str, gold_raw: str | None, timeout_s: float,
-           lenient: bool) -> bool:
+def _judge(response: str, gold: str, gold_raw: str | None, timeout_s: float, lenient: bool) -> bool:
     """Fast path on the host, else Math-Verify in the pool."""
     ans, multi_box = None, response.count("\\boxed") > 1
     if len(response) <= HOST_MAX_CHARS:
@@ -83,8 +82,13 @@ def _judge(response: str, gold: str, gold_raw: str | None, timeout_s: float,
             r = fast_compare(short, gold)
             if r or (r is False and not multi_box):  # several boxes may be read together
                 return r
-    payload = {"resp": response if ans is None or multi_box else None, "ans": ans,
-               "gold": gold, "gold_raw": gold_raw, "lenient": lenient and ans is None}
+    payload = {
+        "resp": response if ans is None or multi_box else None,
+        "ans": ans,
+        "gold": gold,
+        "gold_raw": gold_raw,
+        "lenient": lenient and ans is None,
+    }
     key = tuple(payload.values())
     r = _cached(key)
     if r is None:

@@ -32,10 +32,19 @@ _MV: dict = {}
 # One comparison of each kind, run once in the zygote so that every forked worker starts with
 # SymPy's lazily imported simplification, set, matrix and relational machinery already loaded.
 WARMUP = [
-    ("1", "1"), ("2x+7", "7+2x"), ("x^2-1", "(x-1)(x+1)"), ("x \\geq 5", "x>=5"),
-    ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1&2\\end{pmatrix}"), ("[1,2)", "[1,2)"),
-    ("\\{1,2\\}", "\\{2,1\\}"), ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"), ("y = 2x+1", "y=1+2x"),
-    ("\\sin(2x)", "2\\sin x\\cos x"), ("50\\%", "0.5"), ("(1,2)", "(1,2)"), ("\\pi", "3.14159"),
+    ("1", "1"),
+    ("2x+7", "7+2x"),
+    ("x^2-1", "(x-1)(x+1)"),
+    ("x \\geq 5", "x>=5"),
+    ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1&2\\end{pmatrix}"),
+    ("[1,2)", "[1,2)"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+    ("y = 2x+1", "y=1+2x"),
+    ("\\sin(2x)", "2\\sin x\\cos x"),
+    ("50\\%", "0.5"),
+    ("(1,2)", "(1,2)"),
+    ("\\pi", "3.14159"),
 ]
 
 
@@ -111,8 +120,9 @@ def pred_candidates(resp: str | None, ans: str | None, lenient: bool):
         yield _parse(resp, "full")
 
 
-def judge(resp: str | None, ans: str | None, gold: str, gold_raw: str | None = None,
-          lenient: bool = False) -> bool:
+def judge(
+    resp: str | None, ans: str | None, gold: str, gold_raw: str | None = None, lenient: bool = False
+) -> bool:
     """True iff the prediction's final answer equals `gold` under Math-Verify. Never raises."""
     try:
         golds = gold_candidates(gold, gold_raw)
@@ -120,8 +130,9 @@ def judge(resp: str | None, ans: str | None, gold: str, gold_raw: str | None = N
             return False
         for pred in pred_candidates(resp, ans, lenient):
             for g in golds:
-                if pred and _mv()["verify"](g, pred, float_rounding=FLOAT_ROUNDING,
-                                            timeout_seconds=None):
+                if pred and _mv()["verify"](
+                    g, pred, float_rounding=FLOAT_ROUNDING, timeout_seconds=None
+                ):
                     return True
         return False
     except Exception:  # noqa: BLE001 - any failure means "not shown equal"
@@ -142,8 +153,13 @@ def _serve(req_fd: int, resp_fd: int) -> None:
         try:
             req = json.loads(line)
             rid = int(req["id"])
-            ok = judge(req.get("resp"), req.get("ans"), str(req["gold"]), req.get("gold_raw"),
-                       bool(req.get("lenient")))
+            ok = judge(
+                req.get("resp"),
+                req.get("ans"),
+                str(req["gold"]),
+                req.get("gold_raw"),
+                bool(req.get("lenient")),
+            )
         except Exception:  # noqa: BLE001
             ok = False
         out.write(f"{rid} {int(ok)}\n")

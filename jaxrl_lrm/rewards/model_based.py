@@ -16,13 +16,7 @@ from jaxrl_lrm.scorers._common import (  # noqa: F401
     token_offsets,
     tokenize_with_offsets,
 )
-from jaxrl_lrm.scorers.prm import (  # noqa: F401
-    REDUCTIONS,
-    SPLIT_MODES,
-    PRMResult,
-    PRMScorer,
-    prm_from_checkpoint,
-)
+from jaxrl_lrm.scorers.prm import REDUCTIONS, SPLIT_MODES, PRMResult, PRMScorer, prm_from_checkpoint  # noqa: F401
 from jaxrl_lrm.scorers.reward_model import (  # noqa: F401
     RewardModelScorer,
     load_reward_model,

@@ -37,36 +37,52 @@ def test_config_mapping(loaded):
     arch, model, _ = loaded
     c = model.config
     assert (c.arch, c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.mlp_dim) == (
-        arch, 300, 64, 2, 4, 2, 128)
+        arch,
+        300,
+        64,
+        2,
+        4,
+        2,
+        128,
+    )
     assert c.head_dim == (32 if arch == "qwen3" else 16)
     assert c.tie_embeddings == (arch != "qwen2")
     assert (c.qkv_bias, c.qk_norm) == (arch == "qwen2", arch == "qwen3")
     assert c.rope_theta == (10000.0 if arch == "llama" else 1e6)
     assert c.rope_scaling == (("llama3", 8.0, 1.0, 4.0, 64) if arch == "llama" else None)
     assert (c.norm_eps, c.max_seq_len, c.bos_token_id, c.eos_token_id, c.pad_token_id) == (
-        1e-5, 128, 1, 2, 0)
+        1e-5,
+        128,
+        1,
+        2,
+        0,
+    )
 
 
 def test_inv_freq_matches_hf(loaded):
     _, model, exp = loaded
-    np.testing.assert_allclose(transformer.rope_inv_freq(model.config), exp["inv_freq"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(transformer.rope_inv_freq(model.config), exp["inv_freq"], rtol=1e-6)
 
 
 def test_logits_match_hf(loaded):
     _, model, exp = loaded
-    np.testing.assert_allclose(models.logits(model, exp["tokens"]), exp["logits"], atol=1e-4,
-                               rtol=0)
+    np.testing.assert_allclose(
+        models.logits(model, exp["tokens"]), exp["logits"], atol=1e-4, rtol=0
+    )
 
 
 def test_left_padded_logits_match_hf(loaded):
     _, model, exp = loaded
     logits, _ = jax.jit(transformer.forward, static_argnums=1)(
-        model.params, model.config, jnp.asarray(exp["padded_tokens"]),
-        kv_mask_BS=jnp.asarray(exp["padded_mask"]))
+        model.params,
+        model.config,
+        jnp.asarray(exp["padded_tokens"]),
+        kv_mask_BS=jnp.asarray(exp["padded_mask"]),
+    )
     real = exp["padded_mask"].astype(bool)
-    np.testing.assert_allclose(np.asarray(logits)[real], exp["padded_logits"][real], atol=1e-4,
-                               rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(logits)[real], exp["padded_logits"][real], atol=1e-4, rtol=0
+    )
     # The padded row's real positions equal the unpadded forward of its real tokens alone.
     alone = models.logits(model, exp["padded_tokens"][1:, 4:])
     np.testing.assert_allclose(np.asarray(logits)[1, 4:], alone[0], atol=1e-5, rtol=0)
@@ -78,8 +94,7 @@ def greedy(model, prompt, mask, n):
     B, Pn = prompt.shape
     tokens = np.concatenate([prompt, np.zeros((B, n), np.int32)], axis=1)
     kv_mask = np.concatenate([mask, np.zeros((B, n), np.int32)], axis=1)
-    fwd = jax.jit(lambda t, m: transformer.forward(model.params, model.config, t,
-                                                   kv_mask_BS=m)[0])
+    fwd = jax.jit(lambda t, m: transformer.forward(model.params, model.config, t, kv_mask_BS=m)[0])
     for t in range(Pn, Pn + n):
         logits = np.asarray(fwd(tokens, kv_mask))
         tokens[:, t] = logits[:, t - 1].argmax(-1)
@@ -107,17 +122,21 @@ def test_save_reload_round_trip(loaded, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
     assert not (tmp_path / "model.safetensors.index.json").exists()
     # Same tensor names, shapes and dtypes as the checkpoint transformers wrote.
-    ours, theirs = load_file(tmp_path / "model.safetensors"), load_file(
-        FIXTURES / arch / "model.safetensors")
+    ours, theirs = (
+        load_file(tmp_path / "model.safetensors"),
+        load_file(FIXTURES / arch / "model.safetensors"),
+    )
     assert {k: (v.shape, v.dtype) for k, v in ours.items()} == {
-        k: (v.shape, v.dtype) for k, v in theirs.items()}
+        k: (v.shape, v.dtype) for k, v in theirs.items()
+    }
     for k in theirs:
         np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
     reloaded = models.load_pretrained(tmp_path)
     assert reloaded.config == model.config
     jax.tree.map(np.testing.assert_array_equal, reloaded.params, model.params)
-    np.testing.assert_allclose(models.logits(reloaded, exp["tokens"]), exp["logits"], atol=1e-4,
-                               rtol=0)
+    np.testing.assert_allclose(
+        models.logits(reloaded, exp["tokens"]), exp["logits"], atol=1e-4, rtol=0
+    )
 
 
 def test_saved_config_loads_with_autoconfig(loaded, tmp_path):
@@ -127,10 +146,23 @@ def test_saved_config_loads_with_autoconfig(loaded, tmp_path):
     models.save_pretrained(model, tmp_path)
     ours = AutoConfig.from_pretrained(tmp_path).to_dict()
     theirs = AutoConfig.from_pretrained(FIXTURES / arch).to_dict()
-    for key in ("model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size",
-                "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "rms_norm_eps", "tie_word_embeddings", "rope_parameters", "bos_token_id",
-                "eos_token_id", "pad_token_id", "max_position_embeddings"):
+    for key in (
+        "model_type",
+        "architectures",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "rope_parameters",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "max_position_embeddings",
+    ):
         assert ours[key] == theirs[key], key
     assert (ours.get("head_dim") or 16) == (theirs.get("head_dim") or 16)
 
@@ -181,8 +213,11 @@ def test_bfloat16_save_and_load(tmp_path):
         assert f.get_tensor("model.embed_tokens.weight").dtype == jnp.bfloat16
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     as_f32 = models.load_pretrained(tmp_path)  # bf16 file read into float32
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, np.float32)),
-                 as_f32.params, model.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, np.float32)),
+        as_f32.params,
+        model.params,
+    )
     # bf16 weights are a small perturbation of the float32 ones.
     err = np.abs(np.asarray(models.logits(as_f32, exp["tokens"])) - exp["logits"]).max()
     assert 0 < err < 0.1 * np.abs(exp["logits"]).max()
@@ -196,8 +231,9 @@ def test_tokenizer_and_chat_template(tmp_path):
     text = "What is 2 + 3? The answer is 5."
     assert tok.encode(text) == AutoTokenizer.from_pretrained(FIXTURES / "qwen2").encode(text)
     assert tok.decode(tok.encode(text)) == text
-    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                   add_generation_prompt=True)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 2
     models.save_pretrained(model, tmp_path)
@@ -213,19 +249,34 @@ def test_load_on_mesh_shards_by_rules():
     sharded = models.load_pretrained(FIXTURES / "qwen3", mesh=mesh)
     layers = sharded.params["layers"]
     # Hand-derived from RULES: embed->fsdp, vocab/heads/kv_heads/mlp->tensor, the rest replicated.
-    hand = {"wq": P(None, "fsdp", "tensor", None), "wk": P(None, "fsdp", "tensor", None),
-            "wo": P(None, "tensor", None, "fsdp"), "w_gate": P(None, "fsdp", "tensor"),
-            "w_down": P(None, "tensor", "fsdp"), "q_norm": P(None, None)}
+    hand = {
+        "wq": P(None, "fsdp", "tensor", None),
+        "wk": P(None, "fsdp", "tensor", None),
+        "wo": P(None, "tensor", None, "fsdp"),
+        "w_gate": P(None, "fsdp", "tensor"),
+        "w_down": P(None, "tensor", "fsdp"),
+        "q_norm": P(None, None),
+    }
     for name, spec in hand.items():
         assert layers[name].sharding.spec == spec, name
     assert sharded.params["embed"].sharding.spec == P("tensor", "fsdp")
     want = sharding.param_shardings(sharded.config, mesh)
-    jax.tree.map(lambda x, s: (x.sharding.mesh == mesh and x.sharding.spec == s.spec)
-                 or pytest.fail(f"{x.sharding} != {s}"), sharded.params, want)
+    jax.tree.map(
+        lambda x, s: (
+            (x.sharding.mesh == mesh and x.sharding.spec == s.spec)
+            or pytest.fail(f"{x.sharding} != {s}")
+        ),
+        sharded.params,
+        want,
+    )
     jax.tree.map(np.testing.assert_array_equal, sharded.params, single.params)
     # Sharded matmuls sum in another order: float32 rounding (logits here reach |10|).
-    np.testing.assert_allclose(models.logits(sharded, exp["tokens"]),
-                               models.logits(single, exp["tokens"]), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        models.logits(sharded, exp["tokens"]),
+        models.logits(single, exp["tokens"]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -250,15 +301,22 @@ def test_missing_directory_and_config(tmp_path):
         models.load_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"model_type": "mistral"}, "model_type='mistral', expected one of"),
-    ({"architectures": ["LlamaForSequenceClassification"]},
-     "architectures=\\['LlamaForSequenceClassification'\\], expected \\['LlamaForCausalLM'\\]"),
-    ({"attention_bias": True}, "attention_bias=True: only False is supported"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu': only 'silu' is supported"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
-     "rope_type='yarn': expected 'default' or 'llama3'"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"model_type": "mistral"}, "model_type='mistral', expected one of"),
+        (
+            {"architectures": ["LlamaForSequenceClassification"]},
+            "architectures=\\['LlamaForSequenceClassification'\\], expected \\['LlamaForCausalLM'\\]",
+        ),
+        ({"attention_bias": True}, "attention_bias=True: only False is supported"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu': only 'silu' is supported"),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
+            "rope_type='yarn': expected 'default' or 'llama3'",
+        ),
+    ],
+)
 def test_unsupported_config(tmp_path, changes, match):
     path = copy_fixture(tmp_path)
     edit_config(path, **changes)
@@ -281,8 +339,10 @@ def test_missing_misshaped_and_unexpected_weights(tmp_path):
     path = copy_fixture(tmp_path / "b")
     key = "model.layers.0.self_attn.k_proj.weight"
     rewrite_weights(path, lambda t: t.update({key: t[key][:16]}))
-    with pytest.raises(ValueError, match=f"model.safetensors: weight '{key}' has shape "
-                                         "\\(16, 64\\), expected \\(32, 64\\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"model.safetensors: weight '{key}' has shape \\(16, 64\\), expected \\(32, 64\\)",
+    ):
         models.load_pretrained(path)
 
     path = copy_fixture(tmp_path / "c")
@@ -297,7 +357,8 @@ def test_bad_files_and_arguments(tmp_path):
     with pytest.raises(ValueError, match="dtype='float16': expected one of"):
         models.load_pretrained(path, dtype="float16")
     (path / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}))
+        json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}})
+    )
     with pytest.raises(ValueError, match="lists 'model-00001-of-00002.safetensors', which is not"):
         models.load_pretrained(path)
     (path / "model.safetensors.index.json").unlink()

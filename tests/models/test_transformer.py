@@ -13,9 +13,14 @@ from jaxrl_lrm.models.config import ModelConfig, preset
 
 CONFIGS = {
     "qwen3": preset("tiny"),
-    "qwen2-llama3rope": preset("tiny", arch="qwen2", qk_norm=False, qkv_bias=True,
-                               tie_embeddings=True,
-                               rope_scaling=("llama3", 8.0, 1.0, 4.0, 64)),
+    "qwen2-llama3rope": preset(
+        "tiny",
+        arch="qwen2",
+        qk_norm=False,
+        qkv_bias=True,
+        tie_embeddings=True,
+        rope_scaling=("llama3", 8.0, 1.0, 4.0, 64),
+    ),
     # The generic formulations (einsums, per-layer cache slices) and a rolled layer scan.
     "qwen3-generic-rolled": preset("tiny", cpu_kernels=False, scan_unroll=1),
 }
@@ -24,8 +29,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_kv_cache_prefill_and_decode_equal_full_forward(name):
     config = CONFIGS[name]
-    params = jax.jit(lambda k: transformer.init_params(config, k, init_std=0.15))(
-        jax.random.key(0))
+    params = jax.jit(lambda k: transformer.init_params(config, k, init_std=0.15))(jax.random.key(0))
     if config.qkv_bias:  # init makes biases zero; give them values so they matter
         keys = jax.random.split(jax.random.key(1), 3)
         for key, b in zip(keys, ("bq", "bk", "bv")):
@@ -37,18 +41,22 @@ def test_kv_cache_prefill_and_decode_equal_full_forward(name):
     mask[1, :3] = 0  # row 1 is left-padded
     tokens[1, :3] = 0
     full, _ = jax.jit(lambda t, m: transformer.forward(params, config, t, kv_mask_BS=m))(
-        tokens, mask)
+        tokens, mask
+    )
 
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    step = jax.jit(lambda t, pos, m, cache, i: transformer.forward(
-        params, config, t, positions_BT=pos, kv_mask_BS=m, cache=cache, cache_index=i))
+    step = jax.jit(
+        lambda t, pos, m, cache, i: transformer.forward(
+            params, config, t, positions_BT=pos, kv_mask_BS=m, cache=cache, cache_index=i
+        )
+    )
     cache = transformer.init_cache(config, B, S)
     prefill_mask = np.where(np.arange(S) < Pn, mask, 0)
     out, cache = step(tokens[:, :Pn], positions[:, :Pn], prefill_mask, cache, 0)
     got = [out]
     for t in range(Pn, S):
         step_mask = np.where(np.arange(S) <= t, mask, 0)
-        out, cache = step(tokens[:, t:t + 1], positions[:, t:t + 1], step_mask, cache, t)
+        out, cache = step(tokens[:, t : t + 1], positions[:, t : t + 1], step_mask, cache, t)
         got.append(out)
     got = np.concatenate([np.asarray(g) for g in got], axis=1)
     real = mask.astype(bool)
@@ -76,10 +84,11 @@ def meta_llama3_inv_freq(head_dim, theta, factor, low_ff, high_ff, old_ctx):
     return np.array(out)
 
 
-@pytest.mark.parametrize("config", [
-    preset("llama-3.2-1b"),
-    CONFIGS["qwen2-llama3rope"],
-], ids=["llama-3.2-1b", "tiny-short-context"])
+@pytest.mark.parametrize(
+    "config",
+    [preset("llama-3.2-1b"), CONFIGS["qwen2-llama3rope"]],
+    ids=["llama-3.2-1b", "tiny-short-context"],
+)
 def test_llama3_inv_freq_matches_reference(config):
     _, factor, low, high, old_ctx = config.rope_scaling
     want = meta_llama3_inv_freq(config.head_dim, config.rope_theta, factor, low, high, old_ctx)
@@ -98,19 +107,21 @@ def test_default_inv_freq():
     np.testing.assert_allclose(transformer.rope_inv_freq(config), want, rtol=1e-6)
 
 
-BASE = dict(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
-            mlp_dim=32)
+BASE = dict(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, mlp_dim=32)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"arch": "gpt2"}, "arch='gpt2': expected one of"),
-    ({"dtype": "float16"}, "dtype='float16': expected one of"),
-    ({"vocab_size": 0}, "vocab_size=0: expected a positive integer"),
-    ({"n_layers": 1.5}, "n_layers=1.5: expected a positive integer"),
-    ({"n_heads": 3, "n_kv_heads": 2}, "n_heads=3 is not a multiple of n_kv_heads=2"),
-    ({"head_dim": 7}, "head_dim=7: RoPE needs an even head dimension"),
-    ({"rope_scaling": ("yarn", 2.0)}, "rope_scaling=\\('yarn', 2.0\\): expected None or"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"arch": "gpt2"}, "arch='gpt2': expected one of"),
+        ({"dtype": "float16"}, "dtype='float16': expected one of"),
+        ({"vocab_size": 0}, "vocab_size=0: expected a positive integer"),
+        ({"n_layers": 1.5}, "n_layers=1.5: expected a positive integer"),
+        ({"n_heads": 3, "n_kv_heads": 2}, "n_heads=3 is not a multiple of n_kv_heads=2"),
+        ({"head_dim": 7}, "head_dim=7: RoPE needs an even head dimension"),
+        ({"rope_scaling": ("yarn", 2.0)}, "rope_scaling=\\('yarn', 2.0\\): expected None or"),
+    ],
+)
 def test_config_validation(changes, match):
     ModelConfig(**BASE)  # the base is valid
     with pytest.raises(ValueError, match=match):
@@ -133,8 +144,7 @@ def test_num_params():
         assert preset(name).num_params == leaf_count(preset(name)), name
     untied = preset("tiny", tie_embeddings=False, qkv_bias=True)
     assert untied.num_params == leaf_count(untied)
-    params = jax.eval_shape(lambda k: transformer.init_params(preset("tiny"), k),
-                            jax.random.key(0))
+    params = jax.eval_shape(lambda k: transformer.init_params(preset("tiny"), k), jax.random.key(0))
     assert sum(x.size for x in jax.tree.leaves(params)) == preset("tiny").num_params
 
 
@@ -167,10 +177,18 @@ def _grad_and_decode(config, params, tokens_BT):
     pos = jnp.broadcast_to(jnp.arange(T), (B, T))
     kv = jnp.ones((B, T + 1), bool)
     cache = transformer.init_cache(config, B, T + 1)
-    _, cache = transformer.forward(params, config, tokens_BT, positions_BT=pos, kv_mask_BS=kv,
-                                   cache=cache, cache_index=0)
-    step, cache = transformer.forward(params, config, tokens_BT[:, :1], positions_BT=pos[:, :1] + T,
-                                      kv_mask_BS=kv, cache=cache, cache_index=T)
+    _, cache = transformer.forward(
+        params, config, tokens_BT, positions_BT=pos, kv_mask_BS=kv, cache=cache, cache_index=0
+    )
+    step, cache = transformer.forward(
+        params,
+        config,
+        tokens_BT[:, :1],
+        positions_BT=pos[:, :1] + T,
+        kv_mask_BS=kv,
+        cache=cache,
+        cache_index=T,
+    )
     return logits, grads, step, cache
 
 
@@ -182,8 +200,9 @@ def test_cpu_switches_give_the_default_numbers(switch):
     params["layers"]["bk"] = 0.3 * jax.random.normal(jax.random.key(1), bk.shape)
     tokens = jax.random.randint(jax.random.key(2), (2, 6), 1, base.vocab_size)
     ref = jax.jit(_grad_and_decode, static_argnums=0)(base, params, tokens)
-    got = jax.jit(_grad_and_decode, static_argnums=0)(base.replace(**SWITCHES[switch]), params,
-                                                      tokens)
+    got = jax.jit(_grad_and_decode, static_argnums=0)(
+        base.replace(**SWITCHES[switch]), params, tokens
+    )
     assert np.abs(np.asarray(ref[0])).max() > 1.0
     for r, g in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
         scale = float(np.abs(np.asarray(r)).max())

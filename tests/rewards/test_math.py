@@ -96,7 +96,9 @@ def test_strict_and_lenient():
     prose = "There are 12 ways to choose them."
     assert not verify(prose, "12") and verify(prose, "12", lenient=True)
     assert verify("The answer is 12.", "12")  # an "answer" anchor is explicit enough
-    assert verify("Answer: \\[ \\frac{1}{2} \\]", "0.5") and verify("Answer: $$x \\geq 5$$", "x >= 5")
+    assert verify("Answer: \\[ \\frac{1}{2} \\]", "0.5") and verify(
+        "Answer: $$x \\geq 5$$", "x >= 5"
+    )
     assert not verify("I think\n42", "42") and verify("I think\n42", "42", lenient=True)
     comps = [prose, "\\boxed{12}", "no number"]
     assert accuracy_reward(["p"] * 3, comps, answer=["12"] * 3) == [0.0, 1.0, 0.0]
@@ -114,17 +116,36 @@ def test_fallback_and_gold_forms():
 @pytest.mark.parametrize(
     ("pred", "gold", "expected"),
     [
-        ("42", "42", True), ("1,000", "1000", True), ("\\dfrac{1}{2}", "0.5", True),
-        ("10\\text{ cm}", "10", True), ("18 dollars", "18", True), ("1e3", "1000", True),
-        ("41", "42", False), ("\\frac{1}{2}", "\\frac{1}{3}", False), ("(B)", "B", True),
-        ("C", "(B)", False), ("2i", "2", None), ("0.33", "\\frac13", False),
-        ("32, 349", "32349", None), ("", "1", False),
+        ("42", "42", True),
+        ("1,000", "1000", True),
+        ("\\dfrac{1}{2}", "0.5", True),
+        ("10\\text{ cm}", "10", True),
+        ("18 dollars", "18", True),
+        ("1e3", "1000", True),
+        ("41", "42", False),
+        ("\\frac{1}{2}", "\\frac{1}{3}", False),
+        ("(B)", "B", True),
+        ("C", "(B)", False),
+        ("2i", "2", None),
+        ("0.33", "\\frac13", False),
+        ("32, 349", "32349", None),
+        ("", "1", False),
         # simple expressions: values at sample points (math_numeric)
-        ("2x+1", "1+2x", True), ("x^2-1", "(x-1)(x+1)", True), ("\\pi r^2", "r^2\\pi", True),
-        ("\\frac{\\sqrt{3}}{2}", "\\frac12\\sqrt3", True), ("x^23", "3x^2", True),
-        ("3x", "3", False), ("3x", "3y", False), ("x^2+1", "(x+1)^2", False), ("3.14", "\\pi", False),
-        ("\\sqrt{x^2}", "x", None), ("3\\frac12", "\\frac72", None), ("e^{i\\pi}", "-1", None),
-        ("\\sin x", "x", None), ("2^{100}", "2^{100}", True), ("2^{100}", "2^{99}", None),
+        ("2x+1", "1+2x", True),
+        ("x^2-1", "(x-1)(x+1)", True),
+        ("\\pi r^2", "r^2\\pi", True),
+        ("\\frac{\\sqrt{3}}{2}", "\\frac12\\sqrt3", True),
+        ("x^23", "3x^2", True),
+        ("3x", "3", False),
+        ("3x", "3y", False),
+        ("x^2+1", "(x+1)^2", False),
+        ("3.14", "\\pi", False),
+        ("\\sqrt{x^2}", "x", None),
+        ("3\\frac12", "\\frac72", None),
+        ("e^{i\\pi}", "-1", None),
+        ("\\sin x", "x", None),
+        ("2^{100}", "2^{100}", True),
+        ("2^{100}", "2^{99}", None),
     ],
 )
 def test_fast_path(pred, gold, expected):
@@ -139,10 +160,18 @@ def test_bare_answer():
 
 
 def test_never_raises_on_junk():
-    for resp, gold in [(None, "1"), (3, "3"), ("\\boxed{1}", object()), ("\\boxed{" * 1000, "1"),
-                       ("\\boxed{\\frac{1}{0}}", "1"), ("\\boxed{1/0}", "\\infty"),
-                       ("\\boxed{__import__('os')}", "1"), ("\\boxed{().__class__}", "1"),
-                       ("\\boxed{1}", "\\frac{"), ("\x00\\boxed{\ud800}", "1")]:
+    for resp, gold in [
+        (None, "1"),
+        (3, "3"),
+        ("\\boxed{1}", object()),
+        ("\\boxed{" * 1000, "1"),
+        ("\\boxed{\\frac{1}{0}}", "1"),
+        ("\\boxed{1/0}", "\\infty"),
+        ("\\boxed{__import__('os')}", "1"),
+        ("\\boxed{().__class__}", "1"),
+        ("\\boxed{1}", "\\frac{"),
+        ("\x00\\boxed{\ud800}", "1"),
+    ]:
         assert verify(resp, gold, timeout_s=2.0) is False
 
 
@@ -152,7 +181,11 @@ def test_bad_timeout_raises():
 
 
 def test_accuracy_reward():
-    completions = ["\\boxed{4}", "<answer>5</answer>", [{"role": "assistant", "content": "\\boxed{6}"}]]
+    completions = [
+        "\\boxed{4}",
+        "<answer>5</answer>",
+        [{"role": "assistant", "content": "\\boxed{6}"}],
+    ]
     assert accuracy_reward(["p"] * 3, completions, answer=["4", "4", "6"]) == [1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="answer"):
         accuracy_reward(["p"], ["\\boxed{1}"], answer=["1", "2"])

@@ -86,8 +86,9 @@ def test_slow_neighbour_does_not_cost_others_their_scores():
 def test_inside_reward_executor():
     comps = [SLOW[0], "\\boxed{5 \\leq x}", "\\boxed{\\pm 3}", "\\boxed{4}"]
     golds = [SLOW[1], "x \\geq 5", "\\{3, -3\\}", "5"]
-    with RewardExecutor([("math", accuracy_reward, 1.0)], num_workers=1, timeout_s=60.0,
-                        chunk_size=4) as ex:
+    with RewardExecutor(
+        [("math", accuracy_reward, 1.0)], num_workers=1, timeout_s=60.0, chunk_size=4
+    ) as ex:
         ex.score(["p"], ["\\boxed{\\pm 1}"], {"answer": ["\\{1,-1\\}"]})  # starts its math pool
         t = time.monotonic()
         _, per_fn, stats = ex.score(["p"] * 4, comps, {"answer": golds})
@@ -105,8 +106,9 @@ print(verify("... so $\\\\boxed{\\\\frac{\\\\sqrt{3}}{2}}$", "\\\\frac{\\\\sqrt3
 
 @pytest.mark.parametrize("attempt", range(2))
 def test_fresh_process_start_up_is_not_charged(attempt):
-    out = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH], capture_output=True, text=True, timeout=300, check=True
+    )
     assert out.stdout.split() == ["True", "True"], out.stderr
 
 
