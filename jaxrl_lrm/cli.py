@@ -3,7 +3,7 @@
     jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR]
     jaxrl-lrm eval CONFIG.yaml --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
     jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR
-    jaxrl-lrm demo [--run-dir DIR]
+    jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
 
 Several hosts: every process runs the same command with `--coordinator-address HOST:PORT
 --num-processes N --process-id I`. On a multi-host TPU slice no flag is needed: the TPU runtime's
@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--step", type=int)
     d = sub.add_parser("demo", help="the offline demo: SFT on imperfect data, then GRPO")
     d.add_argument("--run-dir", default=None)
+    d.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
     d.add_argument("overrides", nargs="*")
     return p
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = list(args.overrides)
             if args.run_dir:
                 overrides.append(f"run_dir={args.run_dir}")
+            if args.seed is not None:
+                overrides.append(f"seed={args.seed}")
             from jaxrl_lrm.train.demo import run_demo
 
             run_demo(load_config(DEMO_CONFIG, overrides))
