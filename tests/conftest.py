@@ -1,6 +1,7 @@
 """Test set-up: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -12,10 +13,10 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 # Programs are built per run (no module-level registries); runs that repeat a program's shapes
-# load its executable from JAX's persistent compilation cache instead of compiling it again.
-_CACHE = os.environ.get(
-    "JAXRL_TEST_COMPILE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_test_cache")
-)
+# load its executable from JAX's persistent compilation cache instead of compiling it again. The
+# cache lives for one test session (a fresh directory), so no entry from another session or from
+# a concurrent test process is ever read.
+_CACHE = os.environ.get("JAXRL_TEST_COMPILE_CACHE") or tempfile.mkdtemp(prefix="jaxrl_jit_cache_")
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

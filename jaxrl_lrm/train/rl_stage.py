@@ -114,7 +114,7 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     policy = setup.build_policy(c, tokenizer, mesh)
     params = policy.params if init_params is None else init_params
     spec = algorithms.resolve(c.algorithm)
-    scalar_fns, token_fns = host.split_reward_fns(setup.build_rewards(c, task))
+    scalar_fns, token_fns = host.split_reward_fns(setup.build_rewards(c, task, mesh))
     template = "plain" if task is not None and c.data.template == "auto" else c.data.template
     text = host.Text(tokenizer, template, c.data.max_prompt_len)
     ucfg, schedule = _update_config(c, spec, policy.config, c.data.max_prompt_len)

@@ -18,6 +18,7 @@ from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
 from jaxrl_lrm.models.value_model import load_value_model
 from jaxrl_lrm.rewards.shaping import soft_overlong_punishment
 from jaxrl_lrm.rewards.unsupervised import extract_final_answer
+from jaxrl_lrm.scorers import LazyCheckpointReward
 
 DEMO_TASKS = {"addition": demo_task.AdditionTask}
 
@@ -148,9 +149,17 @@ def registered_rewards() -> dict[str, str]:
     }
 
 
-def build_rewards(config: Config, task: TaskInfo | None) -> list[tuple[str, Callable, float]]:
-    """`(name, fn, weight)` triples; with no functions configured, the task's own verifier."""
-    out = _configured_rewards(config, task)
+def build_rewards(
+    config: Config, task: TaskInfo | None, mesh=None
+) -> list[tuple[str, Callable, float]]:
+    """`(name, fn, weight)` triples; with no functions configured, the task's own verifier.
+
+    Scorers loaded from a checkpoint (`scorers.*_from_checkpoint`) run on the trainer's `mesh`
+    when they score in this process (`rewards.num_workers: 0`, the default; a mesh does not
+    travel to worker processes)."""
+    out = [
+        (name, _on_mesh(fn, mesh, config), w) for name, fn, w in _configured_rewards(config, task)
+    ]
     if config.algorithm.name == "dapo" and config.algorithm.overlong_cache != 0:
         max_len = config.sampling.max_new_tokens
         cache = config.algorithm.overlong_cache or max(1, max_len // 4)
@@ -158,6 +167,14 @@ def build_rewards(config: Config, task: TaskInfo | None) -> list[tuple[str, Call
             ("overlong", _Bound(dapo_overlong, {"max_len": max_len, "cache_len": cache}), 1.0)
         )
     return out
+
+
+def _on_mesh(fn: Callable, mesh, config: Config) -> Callable:
+    """`fn` with the trainer's mesh bound when it is an in-process checkpoint scorer."""
+    base, kwargs = (fn.fn, fn.kwargs) if isinstance(fn, _Bound) else (fn, {})
+    if mesh is None or config.rewards.num_workers or not isinstance(base, LazyCheckpointReward):
+        return fn
+    return _Bound(base, {**kwargs, "mesh": mesh})
 
 
 def _configured_rewards(config: Config, task: TaskInfo | None):

@@ -18,7 +18,7 @@ from jaxrl_lrm.models.value_model import VALUE_HEAD_FILE, load_value_model, save
 from jaxrl_lrm.offline import reward_model
 from jaxrl_lrm.rewards import executor as executor_mod
 from jaxrl_lrm.scorers import RewardModelScorer
-from jaxrl_lrm.train import rl, setup
+from jaxrl_lrm.train import rl, rl_stage, setup
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -202,3 +202,23 @@ def test_ppo_value_model_from_reward_model(rm_dir, tmp_path, monkeypatch):
     want = values / count
     assert abs(want) > 1e-3  # a zero head would give exactly 0
     np.testing.assert_allclose(result.history[0]["value/mean"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_reward_model_scores_on_the_trainers_mesh(rm_dir, tmp_path, monkeypatch):
+    """On a 2x2x2 trainer mesh the checkpoint scorer is loaded onto that mesh (the trainer binds
+    it) and its rewards equal the single-device scorer's on the same texts."""
+    rm, path = rm_dir
+    calls = _record_scores(monkeypatch)
+    functions = f"rewards.functions=[{{fn: '{RM_FN}', args: {{path: '{path}'}}}}]"
+    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+    config = load_config(SMOKE, [*BASE, functions, "train.steps=1", *mesh])
+    s = rl_stage.build(config)
+    ((_, fn, _),) = s.scalar_fns
+    assert fn.kwargs["mesh"] is s.mesh and s.mesh.size == 8
+    train.run_rl(config, run_dir=tmp_path, quiet=True)
+    prompts, completions, totals = calls[0]
+    want = np.asarray(RewardModelScorer(rm)(prompts, completions), np.float64)
+    np.testing.assert_allclose(totals, want, rtol=1e-5, atol=1e-5)
+    (scorer,) = [sc for sc in fn.fn._cache.values() if sc.mesh == s.mesh]
+    leaf = jax.tree.leaves(scorer.model.params)[0]
+    assert leaf.sharding.mesh.size == 8  # the reward model lives on the trainer's mesh
