@@ -104,13 +104,14 @@ def make_stage(
         batch=example,
         frozen=frozen,
         denom_fn=objective.denominators,
+        schedule=schedule,
     )
 
     def step(st: TrainState, k: int):
         idx = np.asarray(iterator.next_indices())
         batch = sharding.shard_batch({key: v[idx] for key, v in train_data.items()}, mesh)
         st, metrics = programs.update(st, frozen, batch)
-        return st, {**metrics, "lr": float(schedule(k))}
+        return st, metrics
 
     evaluate = None
     if eval_data is not None and objective.eval_terms is not None:

@@ -251,6 +251,7 @@ def make_offline_programs(
     batch,
     frozen=None,
     denom_fn: Callable | None = None,
+    schedule: Callable | None = None,
 ) -> Programs:
     """The update and evaluation of an offline stage (SFT, DPO, reward model).
 
@@ -268,6 +269,8 @@ def make_offline_programs(
         policy, metrics = upd.accumulate_update(
             st.policy, optimizer, loss_fn, b, micro_batches, frozen=fz, denom_fn=denom_fn
         )
+        if schedule is not None:
+            metrics["lr"] = schedule(st.step)
         return dataclasses.replace(st, policy=policy, step=st.step + 1), metrics
 
     update = jax.jit(

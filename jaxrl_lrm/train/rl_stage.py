@@ -100,6 +100,7 @@ def _update_config(config: Config, spec, model_config, prompt_len: int):
         minibatches=c.minibatches,
         micro_batches=c.micro_batches,
         kl_controller=ctrl,
+        schedule=schedule,
     )
     return cfg, schedule
 
@@ -253,7 +254,6 @@ def stage(s: RLSetup) -> Stage:
         if s.scalar_fns
         else None
     )
-    updates_per_step = c.train.ppo_epochs * c.train.minibatches
     weights = {name: w for name, _, w in s.scalar_fns}
 
     def prompts_and_score():
@@ -285,7 +285,6 @@ def stage(s: RLSetup) -> Stage:
         metrics = {
             **out.metrics,
             **host.reward_metrics(out.scores, out.mask_NT, G),
-            "lr": float(s.schedule(int(k * updates_per_step))),
             "rows": float(len(out.mask_NT)),
         }
         return state, metrics

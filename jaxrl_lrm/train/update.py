@@ -155,6 +155,7 @@ class RLUpdateConfig:
     minibatches: int
     micro_batches: int
     kl_controller: losses.AdaptiveKLController | None
+    schedule: Callable | None = None  # the learning-rate schedule, logged as `lr` on the device
 
     @property
     def need_old(self) -> bool:
@@ -273,6 +274,8 @@ def rl_update(
             kl_coef = cfg.kl_controller.update(
                 losses.AdaptiveKLState(kl_coef=kl_coef), observed, mask.shape[0]
             ).kl_coef
+    if cfg.schedule is not None:  # the rate of this step's first update (no host sync for it)
+        metrics["lr"] = cfg.schedule(state.step * cfg.epochs * cfg.minibatches)
     new = dataclasses.replace(
         state, policy=policy, value=value, kl_coef=kl_coef, step=state.step + 1
     )
