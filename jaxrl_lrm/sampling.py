@@ -73,12 +73,13 @@ def _constrain(x, mesh, spec_fn):
     return jax.lax.with_sharding_constraint(x, spec_fn(x.shape))
 
 
-def _prefill(params, config: ModelConfig, prompt_ids_BP, pmask, kv_mask_BS, S: int, mesh):
+def _prefill(
+    params, config: ModelConfig, prompt_ids_BP, pmask, kv_mask_BS, S: int, mesh, batch, cache_spec
+):
     """The whole prompt in one pass into a fresh cache of length S; logits only at the last slot
-    (every row's last real token, thanks to left padding)."""
+    (every row's last real token, thanks to left padding). `batch` / `cache_spec` are
+    `_sample`'s sharding constraints."""
     B = prompt_ids_BP.shape[0]
-    batch = functools.partial(sharding.batch_spec_for, mesh=mesh) if mesh is not None else None
-    cache_spec = functools.partial(sharding.cache_sharding, mesh=mesh) if mesh is not None else None
     ids = _constrain(prompt_ids_BP.astype(jnp.int32), mesh, batch)
     cache = transformer.init_cache(config, B, S)
     cache = {k: _constrain(v, mesh, cache_spec) for k, v in cache.items()}
@@ -120,7 +121,9 @@ def _sample(
     pmask = _constrain(prompt_mask_BP.astype(bool), mesh, batch)
     kv_mask_BS = jnp.concatenate([pmask, jnp.ones((B, T), bool)], axis=1)
     lengths_B = jnp.sum(pmask, axis=1, dtype=jnp.int32)
-    logits, cache = _prefill(params, config, prompt_ids_BP, pmask, kv_mask_BS, S, mesh)
+    logits, cache = _prefill(
+        params, config, prompt_ids_BP, pmask, kv_mask_BS, S, mesh, batch, cache_spec
+    )
 
     def emit(state: _State) -> _State:
         key = jax.random.fold_in(rng, state.step)

@@ -199,11 +199,7 @@ def dpo_stage(config: Config, mesh, *, label_smoothing: float = 0.0) -> loop.Sta
     def encode(split):
         return dpo.encode_preferences(dpo.read_pairs(config, split), tokenizer, P, T, render)
 
-    ref = (
-        model.params
-        if config.model.ref_dtype in (None, config.model.dtype)
-        else setup.frozen_copy(model.params, config.model.ref_dtype)
-    )
+    ref = setup.reference_params(config, model.params)
     kw = dict(prompt_len=P, beta=beta, label_smoothing=label_smoothing)
     mc = model.config
     objective = Objective(

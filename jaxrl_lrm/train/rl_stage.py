@@ -64,14 +64,9 @@ class RLSetup:
 
 
 def _reference(config: Config, spec, policy_params):
-    """The frozen reference: the initial policy (cast to `model.ref_dtype` when set), or None
-    when the algorithm has no KL term."""
-    if spec.beta <= 0:
-        return None
-    dtype = config.model.ref_dtype
-    if dtype in (None, config.model.dtype):
-        return policy_params  # the state gets its own copy (init_state never aliases)
-    return setup.frozen_copy(policy_params, dtype)
+    """The frozen reference: the initial policy (`setup.reference_params`), or None when the
+    algorithm has no KL term."""
+    return setup.reference_params(config, policy_params) if spec.beta > 0 else None
 
 
 def _update_config(config: Config, spec, model_config, prompt_len: int):

@@ -87,6 +87,13 @@ def build_policy(config: Config, tokenizer, mesh) -> models.Model:
     return models.init(model_config, jax.random.key(config.seed), mesh=mesh, tokenizer=tokenizer)
 
 
+def reference_params(config: Config, params):
+    """The frozen reference of `params`: the same arrays (the train state takes its own copy),
+    or a copy cast to `model.ref_dtype` when that differs from `model.dtype`."""
+    dtype = config.model.ref_dtype
+    return params if dtype in (None, config.model.dtype) else frozen_copy(params, dtype)
+
+
 def frozen_copy(params, dtype: str | None = None):
     """A copy of `params` (optionally cast) that survives the policy's buffers being donated."""
     return jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)) if dtype else x.copy(), params)
