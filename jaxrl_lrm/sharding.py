@@ -32,6 +32,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "mlp": ("tensor",),
     "layers": (),
     "norm": (),
+    "lora_rank": (),  # LoRA adapters: A [layers, *in, lora_rank], B [layers, lora_rank, *out]
     # activations and batches
     "batch": ("data", "fsdp"),
     "length": (),

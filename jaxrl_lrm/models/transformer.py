@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_lrm.models import lora
 from jaxrl_lrm.models.config import ModelConfig, param_axes, param_shapes  # noqa: F401  (param_axes/param_shapes re-exported)
 
 Params = dict
@@ -99,7 +100,10 @@ def _dense(x, w):
 
 
 def _project(config: ModelConfig, x, w, n_in: int = 1):
-    """`x[..., *in] @ w[*in, *out]`, contracting the last `n_in` axes of `x`."""
+    """`x[..., *in] @ w[*in, *out]`, contracting the last `n_in` axes of `x`; `w` may be a
+    `lora.LoRAWeight` (a weight with its adapter, in factored form)."""
+    if isinstance(w, lora.LoRAWeight):
+        return lora.project(lambda x, w, n: _project(config, x, w, n), x, w, n_in)
     if config.cpu_kernels:
         lead = x.shape[: x.ndim - n_in]
         return _dense(x.reshape(*lead, -1), w.reshape(-1, *w.shape[n_in:]))
