@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_lrm import models, sharding
-from jaxrl_lrm.config import Config
+from jaxrl_lrm.config import DEFAULT_PRESET, Config
 from jaxrl_lrm.data import demo as demo_task
 from jaxrl_lrm.data import tasks
 from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
@@ -78,7 +78,7 @@ def build_policy(config: Config, tokenizer, mesh) -> models.Model:
     overrides = dict(config.model.overrides)
     overrides.setdefault("vocab_size", tokenizer.vocab_size)
     overrides["dtype"] = dtype
-    model_config = models.preset(config.model.preset, **overrides)
+    model_config = models.preset(config.model.preset or DEFAULT_PRESET, **overrides)
     if model_config.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"model.overrides.vocab_size={model_config.vocab_size} is smaller than "

@@ -152,6 +152,7 @@ def test_sft_export_chains_into_dpo(tmp_path):
             tmp_path / "dpo",
             f"model.path={out}",
             "model.preset=null",
+            "model.overrides={}",
             "train.steps=1",
             "data.eval_size=0",
         ),

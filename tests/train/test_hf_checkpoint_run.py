@@ -28,6 +28,7 @@ def test_grpo_from_hf_checkpoint_on_jsonl_then_export(tmp_path):
     overrides = [
         f"model.path={ROOT / 'tests' / 'fixtures' / 'qwen2'}",
         "model.preset=null",
+        "model.overrides={}",
         "data.source=jsonl",
         f"data.path={data}",
         "data.prompt_field=question",

@@ -97,6 +97,7 @@ def test_reward_model_ranks_held_out_pairs(tmp_path):
             tmp_path / "cont",
             f"model.path={out}",
             "model.preset=null",
+            "model.overrides={}",
             "train.steps=1",
             "data.eval_size=0",
         ),

@@ -1,0 +1,225 @@
+"""The config sections besides the algorithm and the optimizer: model, data, mesh, sampling,
+rewards, eval and SFT warm-up. Each key is documented (and, if numeric, given its range) in
+its section's `Attributes:` block (`jaxrl_lrm.config.keys`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
+from jaxrl_lrm.models.config import PRESETS, ModelConfig
+
+DEFAULT_PRESET = "tiny"  # the model when neither `model.preset` nor `model.path` is given
+_SET_ELSEWHERE = {"dtype": "model.dtype", "vocab_size": None}  # None: allowed (from tokenizer)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    """`model.*`: the policy to train (a random-init preset, or a local checkpoint).
+
+    Attributes:
+        preset: a `jaxrl_lrm.models.PRESETS` name, initialised at random; null means `tiny`
+            when `model.path` is unset. Setting it together with `model.path` is an error.
+        path: a local Hugging Face checkpoint directory (config.json, safetensors, tokenizer).
+        overrides: `ModelConfig` fields to replace in the preset (e.g. `{n_layers: 4}`); only
+            with a preset (an error with `model.path`). `vocab_size` defaults to the tokenizer's.
+        dtype: parameter and compute dtype of the policy, `float32` or `bfloat16`.
+        ref_dtype: dtype of the frozen reference copy; null: same as `model.dtype`
+            (`bfloat16` halves the reference's memory).
+    """
+
+    preset: str | None = None
+    path: str | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    dtype: str = "float32"
+    ref_dtype: str | None = None
+
+    def __post_init__(self):
+        dtypes = ("float32", "bfloat16")
+        check(self.dtype in dtypes, "model.dtype", self.dtype, "'float32' or 'bfloat16'")
+        check(
+            self.ref_dtype in (None, *dtypes),
+            "model.ref_dtype",
+            self.ref_dtype,
+            "null, 'float32' or 'bfloat16'",
+        )
+        if self.path is not None:
+            for key in ("preset", "overrides"):
+                value = getattr(self, key)
+                check(not value, f"model.{key}", value, "unset when model.path is set (no effect)")
+            return
+        name = self.preset or DEFAULT_PRESET
+        check(name in PRESETS, "model.preset", self.preset, f"one of {sorted(PRESETS)}")
+        fields = sorted(f.name for f in dataclasses.fields(ModelConfig))
+        for key, value in self.overrides.items():
+            check(key in fields, f"model.overrides.{key}", value, f"a ModelConfig field {fields}")
+            elsewhere = _SET_ELSEWHERE.get(key, "")
+            check(elsewhere in ("", None), f"model.overrides.{key}", value, f"{elsewhere} instead")
+        try:  # the preset with its overrides must be a valid model shape
+            PRESETS[name].replace(**{"vocab_size": 256, **self.overrides})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.overrides={self.overrides!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataSection:
+    """`data.*`: where prompts (and answers, SFT targets, preference pairs) come from.
+
+    Attributes:
+        source: `task` (a procedural task), `jsonl`, `parquet` or `tfds`.
+        task: for `source: task`, the task's name (see [Data](data.md)).
+        task_args: keyword arguments of the task.
+        path: the JSONL / Parquet file, or the TFDS `data_dir`; required unless `source: task`.
+        name: the TFDS dataset name (e.g. `gsm8k`).
+        split: the training split.
+        eval_split: the held-out split; null: `data.eval_size` rows held out of `split`.
+        prompt_field: the column holding the prompt.
+        answer_field: the column holding the reference answer (passed to reward functions).
+        completion_field: the column holding SFT targets.
+        chosen_field: the column holding the preferred response (DPO, reward model).
+        rejected_field: the column holding the rejected response (DPO, reward model).
+        template: how prompts are rendered: `auto`, `chat`, `r1` or `plain`.
+        max_prompt_len (>= 1): prompt length in tokens (prompts are left-padded to it).
+        eval_size (>= 0): held-out rows evaluated (and, without `eval_split`, held out).
+    """
+
+    source: str = "task"
+    task: str = "addition"
+    task_args: dict = dataclasses.field(default_factory=dict)
+    path: str | None = None
+    name: str | None = None
+    split: str = "train"
+    eval_split: str | None = None
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    completion_field: str = "completion"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    template: str = "auto"
+    max_prompt_len: int = 64
+    eval_size: int = 128
+
+    def __post_init__(self):
+        check_ranges(self, "data")
+        sources = ("task", "jsonl", "parquet", "tfds")
+        check(self.source in sources, "data.source", self.source, f"one of {sources}")
+        templates = ("auto", "chat", "r1", "plain")
+        check(self.template in templates, "data.template", self.template, f"one of {templates}")
+        if self.source != "task":
+            check(self.path is not None, "data.path", None, f"a path for source {self.source!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshSection:
+    """`mesh.*`: the device mesh (see [Architecture](architecture.md)).
+
+    Attributes:
+        data (-1 or >= 1): data-parallel axis size; -1: the devices left over.
+        fsdp (-1 or >= 1): fully sharded data-parallel axis size; -1: the devices left over.
+        tensor (-1 or >= 1): tensor-parallel axis size; -1: the devices left over.
+    """
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    def __post_init__(self):
+        check_ranges(self, "mesh")
+        sizes = [self.data, self.fsdp, self.tensor]
+        check(sizes.count(-1) <= 1, "mesh", dataclasses.asdict(self), "at most one axis of -1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingSection:
+    """`sampling.*`: how RL completions are drawn.
+
+    Attributes:
+        max_new_tokens (>= 1): completion length cap in tokens.
+        temperature (> 0): sampling temperature.
+        top_k (>= 0): keep the k most likely tokens; 0: no top-k cut.
+        top_p (0 < x <= 1): nucleus sampling mass; 1: no top-p cut.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        check_ranges(self, "sampling")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardSpec:
+    """One entry of `rewards.functions` (a bare string is `{fn: STRING}`).
+
+    Attributes:
+        fn: a registered reward name (`task`, `math_accuracy`, ...) or `module.path:function`
+            (the working directory is on `sys.path`).
+        weight (any): its weight in the summed reward.
+        args: keyword arguments bound to the function.
+    """
+
+    fn: str
+    weight: float = 1.0
+    args: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        check_ranges(self, "rewards.functions[]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardsSection:
+    """`rewards.*`: the reward functions and how they are run.
+
+    Attributes:
+        functions: the reward functions, summed with their weights (see below).
+        num_workers (>= 0): processes scoring in a pool; 0: score in-process.
+        timeout_s (> 0): seconds one reward call may take before it scores 0.
+    """
+
+    functions: tuple[RewardSpec, ...] = ()
+    num_workers: int = 0
+    timeout_s: float = 10.0
+
+    def __post_init__(self):
+        check_ranges(self, "rewards")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalSection:
+    """`eval.*`: held-out evaluation (greedy accuracy, pass@k, maj@k).
+
+    Attributes:
+        num_prompts (>= 0): held-out prompts evaluated.
+        k (>= 0): samples per prompt for pass@k / maj@k; 0: greedy accuracy only.
+        temperature (>= 0): sampling temperature of the k samples; 0: greedy.
+    """
+
+    num_prompts: int = 64
+    k: int = 4
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        check_ranges(self, "eval")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTSection:
+    """`sft.*`: supervised steps (the SFT stage, or a warm-up before RL).
+
+    Attributes:
+        steps (>= 0): SFT steps; for `stage: rl`, warm-up steps before RL (0: none).
+        batch_size (>= 1): sequences per SFT step.
+        lr (> 0): SFT learning rate.
+        control_seconds (> 0): demo only: wall time of the continued-SFT control; null: as long
+            as the RL stage took.
+    """
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    control_seconds: float | None = None
+
+    def __post_init__(self):
+        check_ranges(self, "sft")
