@@ -1,9 +1,13 @@
-"""The `jaxrl-lrm` command: train | eval | export | demo.
+"""The `jaxrl-lrm` command: train | eval | export | demo | config show.
 
-    jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR]
+    jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR] [--allow-config-change]
     jaxrl-lrm eval CONFIG.yaml --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
-    jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR
+    jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force]
     jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
+    jaxrl-lrm config show CONFIG.yaml [key.path=value ...]   # the resolved config, as YAML
+
+The working directory is put on `sys.path` (as `python -m` does), so `module:function`
+references in a config (reward functions) find modules beside it.
 
 Several hosts: every process runs the same command with `--coordinator-address HOST:PORT
 --num-processes N --process-id I`. On a multi-host TPU slice no flag is needed: the TPU runtime's
@@ -58,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     t.add_argument("--run-dir", help="overrides run_dir")
+    t.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run's checkpoints with a config other than its config.yaml",
+    )
     _add_distributed(t)
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's held-out split")
     e.add_argument("config")
@@ -70,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", help="a run directory or its checkpoints/")
     x.add_argument("out_dir")
     x.add_argument("--step", type=int)
+    x.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    c = sub.add_parser("config", help="show the resolved config").add_subparsers(
+        dest="action", required=True
+    )
+    show = c.add_parser("show", help="print the resolved config (defaults, file, overrides)")
+    show.add_argument("config")
+    show.add_argument("overrides", nargs="*")
     d = sub.add_parser("demo", help="the offline demo: SFT on imperfect data, then GRPO")
     d.add_argument("--run-dir", default=None)
     d.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
@@ -99,6 +115,46 @@ def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, ove
     return metrics, samples, step, run_dir
 
 
+def _train(args) -> int:
+    from jaxrl_lrm.config import load_config
+
+    _init_distributed(args)
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    config = load_config(args.config, overrides)
+    if config.demo:
+        from jaxrl_lrm.train.demo import run_demo
+
+        run_demo(config)
+        return 0
+    from jaxrl_lrm.train import resume, stages
+
+    latest = resume.latest_step(config.run_dir)  # checked before anything is built
+    if not args.allow_config_change:
+        resume.check_restart(config, config.run_dir, latest, allow_config_change=False)
+    if finished := resume.finished_message(config, config.run_dir, latest):
+        print(finished)
+        return 0
+    stages.train(config, allow_config_change=args.allow_config_change)
+    return 0
+
+
+def _export(args) -> None:
+    from jaxrl_lrm.train import stages
+
+    out = Path(args.out_dir)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not args.force):
+        what = "a file" if out.is_file() else f"not empty ({len(list(out.iterdir()))} entries)"
+        raise ValueError(
+            f"export: OUT_DIR {str(out)!r} is {what}; choose a new directory"
+            + ("" if out.is_file() else " or pass --force to write into it")
+        )
+    run_dir = stages.run_dir_of(args.checkpoint)
+    step = stages.export(run_dir, args.out_dir, args.step)
+    print(f"exported step {step} of {run_dir} to {args.out_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after options (`train C.yaml --run-dir D a.b=1`): argparse
@@ -112,23 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax"):  # orbax logs every save phase at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from jaxrl_lrm.config import ConfigError, load_config
+    if os.getcwd() not in sys.path:  # `module:function` references resolve as with python -m
+        sys.path.insert(0, os.getcwd())
+    from jaxrl_lrm.config import ConfigError, load_config, to_yaml
 
     try:
         if args.command == "train":
-            _init_distributed(args)
-            overrides = list(args.overrides)
-            if args.run_dir:
-                overrides.append(f"run_dir={args.run_dir}")
-            config = load_config(args.config, overrides)
-            if config.demo:
-                from jaxrl_lrm.train.demo import run_demo
-
-                run_demo(config)
-            else:
-                from jaxrl_lrm.train import stages
-
-                stages.train(config)
+            return _train(args)
         elif args.command == "demo":
             overrides = list(args.overrides)
             if args.run_dir:
@@ -150,11 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else run_dir / f"eval_step{step}.json"
             out.write_text(json.dumps(metrics, indent=2))
         elif args.command == "export":
-            from jaxrl_lrm.train import stages
-
-            run_dir = stages.run_dir_of(args.checkpoint)
-            step = stages.export(run_dir, args.out_dir, args.step)
-            print(f"exported step {step} of {run_dir} to {args.out_dir}")
+            _export(args)
+        elif args.command == "config":
+            print(to_yaml(load_config(args.config, args.overrides)), end="")
     except (ConfigError, ValueError) as e:
         print(f"jaxrl-lrm: error: {e}", file=sys.stderr)
         return 2

@@ -76,6 +76,7 @@ def env(tmp_path):
         GCLOUD_LOG=str(tmp_path / "gcloud.log"),
         ZONE=ZONE,
         TMPDIR=str(tmp_path),
+        LOCAL_PYTHON=sys.executable,  # launch.sh validates configs with it, here
     )
     return e
 
@@ -245,6 +246,28 @@ def test_install_from_local_dry_run(env):
     assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
     assert "tar -xzf ~/jaxrl_lrm_src.tar.gz -C ~/jaxrl_lrm" in ssh[-1]
     assert _calls(env) == []
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stepz=3", "unknown config key 'train.stepz'"),
+        ("train.min_lr_ratio=-0.5", "train.min_lr_ratio=-0.5: expected 0 <= x <= 1"),
+    ],
+)
+def test_launch_validates_the_config_before_touching_the_pod(env, override, message):
+    for dry in ("1", "0"):
+        out = _run("launch.sh", "configs/smoke.yaml", override, env=env, DRY_RUN=dry)
+        assert out.returncode == 2, out.stderr
+        assert "the config does not validate (nothing was sent to the pod)" in out.stderr
+        assert message in out.stderr
+        assert "gcloud" not in out.stdout and _calls(env) == []
+    out = _run("launch.sh", "configs/missing.yaml", env=env)
+    assert out.returncode == 2 and "does not exist" in out.stderr and _calls(env) == []
+    # --skip-validate sends it anyway (the workers' trainer then refuses it)
+    out = _run("launch.sh", "configs/smoke.yaml", override, "--skip-validate", env=env)
+    assert out.returncode == 0, out.stderr
+    assert override in _calls(env)[0][-1] and "--skip-validate" not in _calls(env)[0][-1]
 
 
 def test_launch_runs_the_same_train_command_on_every_worker(env, tmp_path):

@@ -24,6 +24,7 @@ import jax
 from jaxrl_lrm.checkpoint import Checkpointer, all_finite
 from jaxrl_lrm.config import Config, save_config
 from jaxrl_lrm.data.iterator import PromptIterator
+from jaxrl_lrm.train import resume
 from jaxrl_lrm.train.logging import MetricsLogger, plot_run
 from jaxrl_lrm.train.programs import Programs
 from jaxrl_lrm.train.state import TrainState
@@ -140,6 +141,7 @@ def run(
     max_seconds: float | None = None,
     quiet: bool = False,
     checkpoints: bool = True,
+    allow_config_change: bool = False,
 ) -> RunResult:
     """Trains `stage` for `train.steps` steps into `run_dir`, resuming from its newest
     checkpoint.
@@ -152,16 +154,22 @@ def run(
       max_seconds: stop once this much wall time has passed (checked before each step).
       quiet: write only checkpoints (no config, metrics, plot or progress).
       checkpoints: False trains in memory only (no restore, no saves: the demo's control).
+      allow_config_change: resume checkpoints written with another config (else a
+        `ConfigError` lists the changes and `config.yaml` is left as it was).
     """
     c = config.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main and not quiet:
-        save_config(config, run_dir / "config.yaml")
     ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=c.max_to_keep) if checkpoints else None
     logger = None
     try:
+        latest = ckpt.latest_step() if ckpt is not None else None
+        resume.check_restart(config, run_dir, latest, allow_config_change=allow_config_change)
+        if is_main and not quiet:
+            save_config(config, run_dir / "config.yaml")
+        if finished := resume.finished_message(config, run_dir, latest):
+            log.warning(finished)
         state, start = _restore(ckpt, stage) if ckpt is not None else (stage.state, 0)
         logger = MetricsLogger(
             run_dir, total_steps=c.steps, enabled=is_main and not quiet, resume_step=start

@@ -256,10 +256,16 @@ def run(
     mesh=None,
     max_steps_this_run: int | None = None,
     quiet: bool = False,
+    allow_config_change: bool = False,
 ) -> loop.RunResult:
     """Builds the offline stage `config.stage` names and trains it into `run_dir`."""
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     stage = STAGES[config.stage](config, mesh)
     return loop.run(
-        config, stage, run_dir or config.run_dir, max_steps_this_run=max_steps_this_run, quiet=quiet
+        config,
+        stage,
+        run_dir or config.run_dir,
+        max_steps_this_run=max_steps_this_run,
+        quiet=quiet,
+        allow_config_change=allow_config_change,
     )
