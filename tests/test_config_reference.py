@@ -111,5 +111,5 @@ def test_finite_check_comes_with_the_range():
         w: float = 1.0
 
     check_ranges(S(w=-3.0), "s")
-    with pytest.raises(ConfigError, match=r"s.w=inf: expected a finite number, any"):
+    with pytest.raises(ConfigError, match=r"^s.w=inf: expected a finite number$"):
         check_ranges(S(w=math.inf), "s")

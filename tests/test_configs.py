@@ -107,7 +107,7 @@ def _numeric_keys():
 
 def _with(key, value):
     if key.startswith("rewards.functions[]."):
-        return [f"rewards.functions=[{{fn: task, {key.rsplit('.', 1)[1]}: {value}}}]"]
+        return [f"rewards.functions=[{{fn: task, {key.rsplit('.', 1)[1]}: {value}}}]"]  # entry 0
     return [f"{key}={value}"]
 
 
@@ -117,7 +117,7 @@ def test_every_numeric_key_refuses_non_finite_and_out_of_range_values(key):
     for bad in (".inf", "-.inf", ".nan"):
         with pytest.raises(
             ConfigError,
-            match=rf"^{re.escape(key)}=(-?inf|nan): expected (a finite|a value of type)",
+            match=rf"^{re.escape(key.replace('[]', '[0]'))}=(-?inf|nan): expected (a finite|a value of type)",
         ):
             load_config(smoke, _with(key, bad))
     if key == "rewards.functions[].weight":  # any finite weight is allowed
@@ -141,6 +141,10 @@ def test_every_numeric_key_refuses_non_finite_and_out_of_range_values(key):
         ("sampling.max_new_tokens=-3", "sampling.max_new_tokens=-3: expected >= 1"),
         ("algorithm.gamma=1.5", "algorithm.gamma=1.5: expected 0 <= x <= 1"),
         ("seed=-1", "seed=-1: expected >= 0"),
+        (
+            "rewards.functions=[task, {fn: task, weight: .inf}]",
+            "rewards.functions[1].weight=inf: expected a finite number",
+        ),
     ],
 )
 def test_range_errors_name_key_value_and_range(override, message):

@@ -113,5 +113,6 @@ def check_ranges(section, prefix: str) -> None:
         spec = docs[f.name].range if f.name in docs else None
         if spec is None:  # a programming error: the drift test names it too
             raise TypeError(f"{type(section).__name__}.{f.name}: no range in its docstring")
-        check(math.isfinite(value), key, value, f"a finite number, {spec}")
+        finite = "a finite number" + ("" if spec == "any" else f", {spec}")
+        check(math.isfinite(value), key, value, finite)
         check(_predicate(spec)(value), key, value, spec)

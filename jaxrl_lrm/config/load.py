@@ -7,6 +7,7 @@ Unknown keys, ill-typed values, YAML syntax errors and malformed overrides are a
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -79,7 +80,10 @@ def _build(cls, raw: Any, prefix: str):
             kwargs[name] = _value(value, tp, key)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:  # a list entry's own checks name it `key[]`; give its index
+        generic = re.sub(r"\[\d+\]$", "[]", prefix)
+        if generic != prefix and str(e).startswith(generic + "."):
+            raise ConfigError(prefix + str(e)[len(generic) :]) from None
         raise
     except TypeError as e:  # a missing required field
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
