@@ -1,7 +1,9 @@
 """`python -m jaxrl_lrm.bench NAME [--quick] [--out FILE.json]`.
 
 Each benchmark lives in `jaxrl_lrm/bench/<name>.py` and exposes `run(quick: bool) -> dict`
-returning at least a `"summary"` dict; this entry point prints it and writes `--out`.
+returning at least a `"summary"` dict; this entry point prints it and writes `--out`. A module
+with a `main(argv) -> int` instead (`suite`, `compare`) is a command of its own and gets the
+remaining arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ def available() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     names = available()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in names:
+        mod = importlib.import_module(f"jaxrl_lrm.bench.{argv[0]}")
+        if hasattr(mod, "main"):
+            return mod.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m jaxrl_lrm.bench")
     parser.add_argument("name", help=f"one of {names}")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")

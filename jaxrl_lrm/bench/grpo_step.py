@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from jaxrl_lrm import sharding
-from jaxrl_lrm.bench import _util
+from jaxrl_lrm.bench import _util, workload
 from jaxrl_lrm.config import Config, from_dict
 from jaxrl_lrm.rewards.executor import RewardExecutor
 from jaxrl_lrm.train import host, rl, rl_stage
@@ -84,6 +84,7 @@ def make_config(
     beta: float = 0.04,
     ref_dtype: str | None = None,
     prompt_len: int = 16,
+    pack_rows: int = 0,
 ) -> Config:
     """The benchmark's run config (GRPO on the `addition` task, one device)."""
     return from_dict(
@@ -98,17 +99,34 @@ def make_config(
             "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
             "algorithm": {"name": "grpo", "group_size": group, "beta": beta, "kl_kind": "k3"},
             "sampling": {"max_new_tokens": new_tokens, "temperature": 1.0},
-            "train": {"steps": 1000, "prompts_per_step": prompts, "lr": 1e-6},
+            "train": {
+                "steps": 1000,
+                "prompts_per_step": prompts,
+                "lr": 1e-6,
+                "pack_rows": pack_rows,
+            },
         }
     )
 
 
-def build(config: Config) -> dict:
-    """The RL run's pieces (`train.rl_stage.build`, the trainer's own builder) and its stage."""
+def build(config: Config, lengths: str = "uniform") -> dict:
+    """The RL run's pieces (`train.rl_stage.build`, the trainer's own builder) and its stage;
+    `lengths="varied"` edits the policy and the reference so EOS fires (`bench.workload`)."""
+    if lengths not in workload.LENGTHS:
+        raise ValueError(f"lengths={lengths!r}: expected one of {workload.LENGTHS}")
     s = rl_stage.build(config, mesh=sharding.make_mesh(1, 1, 1))
     s = dataclasses.replace(
         s, text=host.Text(WideCharTokenizer(s.text.tokenizer), s.text.template, s.text.prompt_len)
     )
+    if lengths == "varied":
+        eos, h = s.text.tokenizer.eos_id, workload.hazard_for(config.sampling.max_new_tokens)
+        policy = dataclasses.replace(
+            s.state.policy, params=workload.bias_eos(s.state.policy.params, eos, h)
+        )
+        ref = None if s.ref_params is None else workload.bias_eos(s.ref_params, eos, h)
+        s = dataclasses.replace(
+            s, state=dataclasses.replace(s.state, policy=policy), ref_params=ref
+        )
     stage = rl_stage.stage(s)
     return {
         "setup": s,
@@ -159,22 +177,29 @@ def phase_times(parts: dict, repeats: int) -> dict:
         "score_s": score["median_s"],
         "generate_compile_s": gen["compile_s"],
         "response_lengths": smask.sum(axis=1),
+        "prompt_lengths": np.asarray(mask).sum(axis=1),
+        "prompt_len": s.text.prompt_len,
     }
 
 
-def step_flops(parts: dict, mean_len: float) -> dict:
+def step_flops(parts: dict, prompt_lens, response_lens) -> dict:
+    """Matmul FLOPs of the step's real tokens only, row by row (`bench._util`): each row's
+    generation (prefill of its real prompt, one decode step per further token), one forward per
+    log-prob pass and the update's 3 forwards over its real prompt + completion."""
     s = parts["setup"]
-    c, B = s.model_config, s.config.train.prompts_per_step * s.group_size
-    P, T = s.text.prompt_len, s.config.sampling.max_new_tokens
+    c = s.model_config
     passes = (s.ref_params is not None) + parts["need_old"]
+    rows = [(int(p), int(n)) for p, n in zip(prompt_lens, response_lens)]
     return {
-        "generate": _util.generate_flops(c, B, P, mean_len),
-        "logprobs": passes * _util.forward_flops(c, B, P + T, T),
-        "update": _util.train_flops(c, B, P + T, T),
+        "generate": sum(_util.generate_flops(c, 1, p, n) for p, n in rows),
+        "logprobs": passes * sum(_util.forward_flops(c, 1, p + n, n) for p, n in rows),
+        "update": sum(_util.train_flops(c, 1, p + n, n) for p, n in rows),
     }
 
 
-def peer_step(name: str, wanted: bool, config: Config, parts: dict, repeats: int) -> dict | None:
+def peer_step(
+    name: str, wanted: bool, config: Config, parts: dict, repeats: int, lengths: str
+) -> dict | None:
     """The peer's GRPO step on the same shape, batch and lengths, timed in this run (in a
     child process, `bench.peers`); None when not `wanted` or the peer is not importable."""
     if not wanted:
@@ -198,10 +223,21 @@ def peer_step(name: str, wanted: bool, config: Config, parts: dict, repeats: int
         group=s.group_size,
         new_tokens=config.sampling.max_new_tokens,
         prompt_len=s.text.prompt_len,
+        lengths=lengths,
         repeats=repeats,
         beta=s.spec.beta,
         lr=config.train.lr,
     )
+
+
+def pad_frac(loop: list[dict], phases: dict, config: Config) -> float:
+    """The update's share of pad token slots: the packed update's own metric, else one minus
+    the real tokens over the `B x (P + T)` slots of the unpacked update."""
+    if "update/pad_frac" in loop[0]:
+        return float(np.median([x["update/pad_frac"] for x in loop]))
+    real = phases["prompt_lengths"].sum() + phases["response_lengths"].sum()
+    rows = len(phases["prompt_lengths"])
+    return float(1 - real / (rows * (phases["prompt_len"] + config.sampling.max_new_tokens)))
 
 
 def _args(quick: bool, extra_args: list[str] | None) -> argparse.Namespace:
@@ -213,6 +249,8 @@ def _args(quick: bool, extra_args: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--ref-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=2 if quick else 3)
+    p.add_argument("--lengths", default="uniform", choices=workload.LENGTHS)
+    p.add_argument("--pack-rows", type=int, default=0, help="train.pack_rows (0: no packing)")
     p.add_argument("--vs-trl", action="store_true")
     p.add_argument("--vs-tunix", action="store_true")
     return p.parse_args(extra_args or [])
@@ -253,21 +291,25 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         new_tokens=a.new_tokens,
         vocab_size=a.vocab_size,
         ref_dtype=a.ref_dtype,
+        pack_rows=a.pack_rows,
     )
-    parts = build(config)
+    parts = build(config, a.lengths)
     m = _measure(parts, a.repeats)
     walls, loop, peaks, phases = m["walls"], m["loop"], m["peaks"], m["phases"]
     step_s = float(np.median(walls))
     peers = {
-        name: peer_step(name, wanted, config, parts, a.repeats)
+        name: peer_step(name, wanted, config, parts, a.repeats, a.lengths)
         for name, wanted in (("trl", a.vs_trl), ("tunix", a.vs_tunix))
     }
     update_s = float(
         np.median([x["time/step_s"] - x["time/sample_s"] - x["time/reward_s"] for x in loop])
     )
+    pads = pad_frac(loop, phases, config)
+    phases.pop("prompt_len")
     lengths = phases.pop("response_lengths")
-    flops = step_flops(parts, float(lengths.mean()))
+    flops = step_flops(parts, phases.pop("prompt_lengths"), lengths)
     floors = [sum(flops.values()) / (pk * 1e9) for pk in peaks]
+    peak = float(np.median(peaks))
     exposed = max(0.0, phases["decode_s"] + phases["reward_s"] - phases["score_s"])
     device_s = phases["generate_s"] + phases["score_s"] + update_s
     full = (a.preset, a.prompts, a.group, a.new_tokens, a.vocab_size) == FULL_SHAPE
@@ -281,8 +323,11 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "loop_sample_s": float(np.median([x["time/sample_s"] for x in loop])),
         "loop_reward_s": float(np.median([x["time/reward_s"] for x in loop])),
         "floor_s": float(np.median(floors)),
-        "fp32_peak_gflops": float(np.median(peaks)),
+        "decode_vs_floor": phases["generate_s"] / (flops["generate"] / (peak * 1e9)),
+        "pad_frac": pads,
+        "fp32_peak_gflops": peak,
         "mean_response_len": float(lengths.mean()),
+        "response_len_p10_p50_p90": [float(q) for q in np.percentile(lengths, [10, 50, 90])],
         "compile_s": m["warm"][0],
         "second_step_s": m["warm"][1],
     }
@@ -307,8 +352,9 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
 
 FULL_SHAPE = ("bench-cpu", 4, 8, 128, 8192)
 FLOPS_NOTE = (
-    "matmul FLOPs with attention (bench._util): generate at the mean response length, "
-    "one forward per log-prob pass, 3 forwards for the update"
+    "matmul FLOPs with attention (bench._util) of the real tokens, row by row: generation "
+    "(real prompt, then one step per further token), one forward per log-prob pass, 3 forwards "
+    "for the update"
 )
 
 

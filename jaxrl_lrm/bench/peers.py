@@ -9,9 +9,9 @@ the model is saved to and loaded from a temporary directory (TRL builds its refe
 from the policy's path), and the tokenizer is a word-level `PreTrainedTokenizerFast` built in
 code whose ids `3..V-1` are the words `w3..w{V-1}`.
 
-Generation is forced to the full length (`min_new_tokens` = `new_tokens`, so EOS is never
-sampled before the end), which matches our benchmark, whose random policy samples EOS with
-probability ~1/V per token. TRL's default `gradient_checkpointing=True` is turned off by
+`lengths="uniform"` forces the full length (`min_new_tokens` = `new_tokens`), as our random
+policy samples EOS with probability ~1/V per token; `"varied"` gives the model our model's edit
+(`bench.workload`), so EOS fires with the same probability per token on both. TRL's default `gradient_checkpointing=True` is turned off by
 default (our update does not recompute activations, and at this size memory is no concern;
 recomputing would only slow the peer down).
 
@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 
+from jaxrl_lrm.bench import workload
 from jaxrl_lrm.models.config import ModelConfig, preset
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2
@@ -118,7 +119,9 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def _check_sizes(*, group: int, beta: float, **sizes) -> None:
+def _check_sizes(*, group: int, beta: float, lengths: str = "uniform", **sizes) -> None:
+    if lengths not in workload.LENGTHS:
+        raise ValueError(f"lengths={lengths!r}: expected one of {workload.LENGTHS}")
     for name, value in (("group", group), *sizes.items()):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: expected a positive integer")
@@ -164,15 +167,17 @@ def _trl_trainer(
     repeats,
     seed,
     gradient_checkpointing,
+    lengths,
 ):
-    """TRL's `GRPOTrainer` on the saved random model: forced completion length, CPU, fp32."""
+    """TRL's `GRPOTrainer` on the saved random model (completion length forced for `uniform`,
+    free for `varied`), CPU, fp32."""
     args = trl.GRPOConfig(
         output_dir=os.path.join(tmp, "out"),
         per_device_train_batch_size=prompts * group,
         gradient_accumulation_steps=1,
         num_generations=group,
         max_completion_length=new_tokens,
-        generation_kwargs={"min_new_tokens": new_tokens},
+        generation_kwargs={"min_new_tokens": new_tokens} if lengths == "uniform" else {},
         temperature=1.0,
         beta=beta,
         num_iterations=1,
@@ -213,6 +218,7 @@ def trl_grpo_step_time(
     gradient_checkpointing: bool = False,
     threads: int | None = None,
     seed: int = 0,
+    lengths: str = "uniform",
 ) -> dict:
     """Times TRL's GRPO step on a random-weight Qwen3 model of `model_config`'s shape.
 
@@ -220,7 +226,7 @@ def trl_grpo_step_time(
         model_config: the shape (default: the `bench-cpu` preset, vocab 8192).
         prompts: prompts per step.
         group: completions per prompt (`num_generations`).
-        new_tokens: completion length (forced: `min_new_tokens` = `max_completion_length`).
+        new_tokens: the longest completion (every one with `lengths="uniform"`).
         prompt_len: tokens per prompt (random words, no padding).
         repeats: timed optimizer steps; one more warm-up step runs first.
         beta: KL coefficient (k3 to a reference model when > 0).
@@ -228,6 +234,8 @@ def trl_grpo_step_time(
         gradient_checkpointing: TRL's activation recomputation (its default is on).
         threads: torch intra-op threads (default: every CPU of the machine).
         seed: seeds the weights, the prompts and the sampling.
+        lengths: "uniform" (`min_new_tokens` = `new_tokens`) or "varied" (the EOS edit of
+            `bench.workload`).
 
     Returns:
         `{"step_s": median step time excluding warm-up, "step_times_s", "warmup_s",
@@ -236,14 +244,8 @@ def trl_grpo_step_time(
         reference log-probs, advantages), "update_s": step_s - score_s, "mean_completion_len",
         "threads", "trl_version", "torch_version", "gradient_checkpointing"}`.
     """
-    _check_sizes(
-        group=group,
-        beta=beta,
-        prompts=prompts,
-        new_tokens=new_tokens,
-        prompt_len=prompt_len,
-        repeats=repeats,
-    )
+    sizes = dict(prompts=prompts, new_tokens=new_tokens, prompt_len=prompt_len, repeats=repeats)
+    _check_sizes(group=group, beta=beta, lengths=lengths, **sizes)
     model_config = model_config or preset("bench-cpu", vocab_size=8192)
     import torch
     import trl
@@ -260,6 +262,7 @@ def trl_grpo_step_time(
         repeats=repeats,
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
+        lengths=lengths,
     )
     try:
         torch.manual_seed(seed)
@@ -304,6 +307,9 @@ def _train_timed(model_config: ModelConfig, prompt_len: int, opts: dict):
         model = transformers.Qwen3ForCausalLM(hf_qwen3_config(model_config)).to(torch.float32)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if opts["lengths"] == "varied":
+            eos = tokenizer.eos_token_id
+            workload.bias_eos_torch(model, eos, workload.hazard_for(opts["new_tokens"]))
         model.save_pretrained(model_dir)
         step = _StepTimer()
         trainer = _trl_trainer(trl, torch, model_dir, tmp, reward, data, tokenizer, step, **opts)

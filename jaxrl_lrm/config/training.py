@@ -96,6 +96,9 @@ class TrainSection:
         ppo_epochs (>= 1): passes over each step's batch.
         minibatches (>= 1): optimizer updates per epoch.
         micro_batches (>= 1): gradient accumulation inside one update (never changes it).
+        pack_rows (>= 0): > 0: the RL update and score pass pack the rows' real tokens into
+            full-length rows (sequence packing), this many packed rows per micro-batch, looping
+            only over the micro-batches that hold tokens (never changes the update); 0: off.
         lr (> 0): peak learning rate (AdamW).
         warmup_steps (>= 0): linear warm-up steps.
         lr_schedule: `cosine` (decay to `lr * min_lr_ratio`) or `constant`.
@@ -115,6 +118,7 @@ class TrainSection:
     ppo_epochs: int = 1
     minibatches: int = 1
     micro_batches: int = 1
+    pack_rows: int = 0
     lr: float = 1e-5
     warmup_steps: int = 0
     lr_schedule: str = "cosine"
@@ -130,6 +134,13 @@ class TrainSection:
 
     def __post_init__(self):
         check_ranges(self, "train")
+        packs = self.pack_rows > 0
+        check(
+            not (packs and self.micro_batches > 1),
+            "train.micro_batches",
+            self.micro_batches,
+            "1 with train.pack_rows > 0 (packing sets its own micro-batches)",
+        )
         schedules = ("cosine", "constant")
         check(
             self.lr_schedule in schedules, "train.lr_schedule", self.lr_schedule, "cosine|constant"

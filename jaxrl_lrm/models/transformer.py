@@ -243,6 +243,7 @@ def forward_hidden(
     kv_mask_BS: jax.Array | None = None,
     cache: dict | None = None,
     cache_index: jax.Array | int = 0,
+    segment_ids_BT: jax.Array | None = None,
 ):
     """Runs the backbone and returns `(hidden_BTD after the final norm, new cache or None)`.
 
@@ -254,6 +255,9 @@ def forward_hidden(
         being written now). Defaults to all ones.
       cache: a KV cache from `init_cache`, or None for a plain causal forward pass.
       cache_index: the slot where this call's first token is written.
+      segment_ids_BT: packed rows (no cache): a query attends only to keys of its own segment
+        id, so several sequences share a row as if each ran alone (with `positions_BT`
+        restarting per sequence).
     """
     B, T = tokens_BT.shape
     S = T if cache is None else cache["k"].shape[2]
@@ -266,6 +270,10 @@ def forward_hidden(
         positions_BT = jnp.maximum(jnp.cumsum(kv_mask_BS, axis=1) - 1, 0)
     q_slots = cache_index + jnp.arange(T)
     mask_BTS = (jnp.arange(S)[None, :] <= q_slots[:, None])[None] & kv_mask_BS[:, None, :]
+    if segment_ids_BT is not None:
+        if cache is not None:
+            raise ValueError("segment_ids_BT is for packed rows without a cache")
+        mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
     x = params["embed"][tokens_BT]
     x, new_cache = _run_layers(params, config, x, positions_BT, mask_BTS, cache, cache_index)
     return rms_norm(x, params["final_norm"], config.norm_eps), new_cache

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxrl_lrm import sampling, sharding
 from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.train import packing
 from jaxrl_lrm.train import update as upd
 from jaxrl_lrm.train.batch import Prompts, Rewards, Rollout, RolloutBatch, Scored
 
@@ -104,9 +105,10 @@ def _score(
     state, ref_params, rollout: Rollout, *, cfg: upd.RLUpdateConfig, with_old: bool
 ) -> Scored:
     def logp(params):
-        return upd.completion_logprobs(
-            params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len, cfg.temperature
-        )[0]
+        args = (params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len)
+        if cfg.pack_rows:
+            return packing.logprobs(*args, rows=cfg.pack_rows, temperature=cfg.temperature)
+        return upd.completion_logprobs(*args, cfg.temperature)[0]
 
     values = None
     if state.value is not None:

@@ -94,6 +94,7 @@ def _update_config(config: Config, spec, model_config, prompt_len: int):
         epochs=c.ppo_epochs,
         minibatches=c.minibatches,
         micro_batches=c.micro_batches,
+        pack_rows=c.pack_rows,
         kl_controller=ctrl,
         schedule=schedule,
     )

@@ -15,6 +15,7 @@ from jaxrl_lrm import algorithms, losses
 from jaxrl_lrm.algorithms import AlgorithmSpec
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.train import packing
 from jaxrl_lrm.train.batch import RolloutBatch
 from jaxrl_lrm.train.state import ModelState, TrainState
 
@@ -120,13 +121,15 @@ def epochs_update(
     micro_batches: int,
     frozen=None,
     denom_fn: Callable | None = None,
+    accumulate: Callable | None = None,
 ) -> tuple[ModelState, dict]:
     """`epochs` passes over `batch`, each `minibatches` optimizer updates with gradients
-    accumulated over `micro_batches` (see `accumulate_update`); metrics averaged over all
-    updates."""
+    accumulated over `micro_batches` (see `accumulate_update`, or `accumulate` with its
+    signature: `packing.accumulate`); metrics averaged over all updates."""
+    accumulate = accumulate or accumulate_update
 
     def one(m, mb):
-        return accumulate_update(
+        return accumulate(
             m, optimizer, loss_fn, mb, micro_batches, frozen=frozen, denom_fn=denom_fn
         )
 
@@ -156,6 +159,7 @@ class RLUpdateConfig:
     micro_batches: int
     kl_controller: losses.AdaptiveKLController | None
     schedule: Callable | None = None  # the learning-rate schedule, logged as `lr` on the device
+    pack_rows: int = 0  # > 0: the policy update packs rows, this many per micro-batch (packing)
 
     @property
     def need_old(self) -> bool:
@@ -165,9 +169,15 @@ class RLUpdateConfig:
 
 
 def _policy_loss(params, _, mb: dict, denom, *, cfg: RLUpdateConfig):
-    logp, ent = completion_logprobs(
-        params, cfg.model, mb["tokens_BL"], mb["attn_BL"], cfg.prompt_len, cfg.temperature
-    )
+    if "packed" in mb:  # packing.accumulate: this micro-batch's rows, others masked out
+        logp, ent, mine = packing.completion_view(
+            params, cfg.model, *mb["packed"], cfg.pack_rows, cfg.prompt_len, cfg.temperature
+        )
+        logp = jnp.where(mine, logp, mb["sampler_logp_BT"])  # finite where masked out
+    else:
+        logp, ent = completion_logprobs(
+            params, cfg.model, mb["tokens_BL"], mb["attn_BL"], cfg.prompt_len, cfg.temperature
+        )
     old = mb.get("old_logp_BT")
     # One update per step: the sampling policy is the current one, so the ratio's denominator
     # is this very forward pass (value 1, no gradient) and no extra pass is needed.
@@ -244,13 +254,16 @@ def rl_update(
         micro_batches=cfg.micro_batches,
         denom_fn=_mask_denominators,
     )
-    policy, metrics = epochs_update(
-        state.policy,
-        cfg.optimizer,
-        lambda p, f, mb, d: _policy_loss(p, f, mb, d, cfg=cfg),
-        policy_rows,
-        **kw,
-    )
+    policy_loss = lambda p, f, mb, d: _policy_loss(p, f, mb, d, cfg=cfg)
+    if cfg.pack_rows:
+        pack = lambda m, o, fn, b, micro_batches, frozen, denom_fn: packing.accumulate(
+            m, o, fn, b, rows=cfg.pack_rows, denom_fn=denom_fn
+        )
+        policy, metrics = epochs_update(
+            state.policy, cfg.optimizer, policy_loss, policy_rows, **kw, accumulate=pack
+        )
+    else:
+        policy, metrics = epochs_update(state.policy, cfg.optimizer, policy_loss, policy_rows, **kw)
     value = state.value
     if value is not None:
         value_rows = {**rows, "old_values_BT": values, "returns_BT": adv.returns_BT}

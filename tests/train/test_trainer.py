@@ -191,12 +191,14 @@ def test_nonfinite_state_is_never_checkpointed(tmp_path):
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
 
 
+@pytest.mark.parametrize("split", ["train.micro_batches=4", "train.pack_rows=2"])
 @pytest.mark.parametrize("algo", ["grpo", "dapo"])
-def test_micro_batches_never_change_the_update(tmp_path, algo):
+def test_micro_batches_never_change_the_update(tmp_path, algo, split):
     """`train.micro_batches` splits the rows, sums the micro-batch shares of the whole-batch
     loss and their gradients: the step's loss, gradient norm and parameters are those of one
     micro-batch (token-mean DAPO included, where averaging per-micro-batch means would not
-    be)."""
+    be). `train.pack_rows` (sequence packing, `train.packing`) likewise, and its micro-batches
+    computed fewer pad slots than the unpacked batch holds."""
     over = [
         "train.steps=1",
         "train.eval_every=0",
@@ -206,15 +208,16 @@ def test_micro_batches_never_change_the_update(tmp_path, algo):
     if algo == "dapo":
         over += ["algorithm.max_gen_rounds=1"]
     one = train.run_rl(smoke(*over), run_dir=tmp_path / "one", quiet=True)
-    four = train.run_rl(
-        smoke(*over, "train.micro_batches=4"), run_dir=tmp_path / "four", quiet=True
-    )
+    four = train.run_rl(smoke(*over, split), run_dir=tmp_path / "four", quiet=True)
     for k in ("loss/total", "loss/policy", "grad_norm", "entropy/mean"):
         assert four.history[0][k] == pytest.approx(one.history[0][k], rel=1e-5, abs=1e-7), k
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
         # Adam normalises each coordinate, so round-off in a near-zero gradient can move a
         # parameter by ~1e-6 of the 1e-3 step; the loss and gradient norm agree to 1e-5
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    if "pack_rows" in split:
+        assert 0 <= four.history[0]["update/pad_frac"] < 0.5
+        assert "update/pad_frac" not in one.history[0]
 
 
 def test_adaptive_kl_coefficient_follows_the_controller(tmp_path):
