@@ -9,6 +9,17 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "llama3")
 UNROLL_MAX_LAYERS = 8  # default `scan_unroll`: models this shallow run their layers unrolled
+# `remat` values: no rematerialisation, the whole layer recomputed in the backward pass, or a
+# named `jax.checkpoint_policies` policy (what the backward may keep instead of recomputing)
+REMAT_POLICIES = (
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+    "everything_saveable",
+    "nothing_saveable",
+)
+REMAT_MODES = ("none", "full", *REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,6 +60,11 @@ class ModelConfig:
     # KV cache written in place in the scan's carry). False: the plain einsum formulation.
     # Both give the same numbers to float32 round-off.
     cpu_kernels: bool = True
+    # Rematerialisation of the scanned layer body under differentiation (`REMAT_MODES`):
+    # "none" keeps every residual the backward needs, "full" keeps only each layer's input
+    # and recomputes the rest, a policy name keeps what that policy saves. Only
+    # differentiated passes change; sampling and scoring run the same program either way.
+    remat: str = "none"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -91,6 +107,8 @@ class ModelConfig:
             )
         if not isinstance(self.cpu_kernels, bool):
             raise ValueError(f"cpu_kernels={self.cpu_kernels!r}: expected a bool")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES}")
 
     @property
     def layer_unroll(self) -> int:

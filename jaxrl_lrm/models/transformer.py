@@ -2,7 +2,8 @@
 
 Layer parameters are stacked on a leading `layers` axis and every forward pass (training,
 prefill, decode) runs them through one `lax.scan` (`_run_layers`), unrolled by
-`ModelConfig.scan_unroll`. The XLA:CPU formulations (`ModelConfig.cpu_kernels`: 2-D projection
+`ModelConfig.scan_unroll`, its body rematerialised under differentiation by `ModelConfig.remat`
+(`remat_layer`). The XLA:CPU formulations (`ModelConfig.cpu_kernels`: 2-D projection
 matmuls, GQA as batched matmuls, the KV cache written in place) are small functions beside the
 plain einsum ones they replace. Shapes are written into names: B batch, T query positions,
 S key positions (cache slots), D d_model, N query heads, K kv heads, G = N // K, H head dim,
@@ -203,6 +204,15 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dic
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
+def remat_layer(config: ModelConfig, body):
+    """`body` wrapped in `jax.checkpoint` as `config.remat` asks: unchanged for "none", with
+    nothing saved for "full", else with the named `jax.checkpoint_policies` policy."""
+    if config.remat == "none":
+        return body
+    policy = None if config.remat == "full" else getattr(jax.checkpoint_policies, config.remat)
+    return jax.checkpoint(body, policy=policy)
+
+
 def _run_layers(
     params: Params, config: ModelConfig, x_BTD, positions_BT, mask_BTS, cache, cache_index
 ):
@@ -230,7 +240,9 @@ def _run_layers(
 
     init = (x_BTD, cache if in_place else None)
     xs = (params["layers"], jnp.arange(config.n_layers), None if in_place else cache)
-    (x_BTD, carried), stacked = jax.lax.scan(body, init, xs, unroll=config.layer_unroll)
+    (x_BTD, carried), stacked = jax.lax.scan(
+        remat_layer(config, body), init, xs, unroll=config.layer_unroll
+    )
     return x_BTD, carried if in_place else stacked
 
 
