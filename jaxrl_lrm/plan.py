@@ -1,0 +1,282 @@
+"""Memory planning: the bytes per chip an RL run's config needs, before a machine is booked.
+
+`plan(config, chips=..., hbm_gib=...)` returns a `Plan` with one row per thing on the device:
+the policy's weights, the frozen reference (none with LoRA: it is the base with the adapters
+off), PPO's value model, the adapters, the optimizer state (AdamW: two moments per trained
+parameter), the gradients, the sampler's KV cache and the update's activations. Weights,
+moments and the cache are counted exactly from their shapes, dtypes and the layouts the one
+rules table (`sharding.RULES`) gives them on the config's mesh. Activations are the residuals
+the update's own backward pass keeps: the differentiated forward (`completion_logprobs` of one
+micro-batch's rows on one chip, with the config's `remat` and LoRA) is traced abstractly,
+nothing is compiled or allocated, and every array it saves for the backward that is not a
+parameter is counted, plus one layer's working set without remat (the layer the backward is
+in). The peak is the resident state plus the larger of sampling (KV cache) and the update
+(batch, gradients, activations); it fits when the peak is at most the chip's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AbstractMesh
+
+from jaxrl_lrm import algorithms, sharding
+from jaxrl_lrm.models import lora as lora_lib
+from jaxrl_lrm.models import transformer
+from jaxrl_lrm.models.config import ModelConfig, preset
+
+GIB = 2**30
+# Published per-chip HBM of the machines the README's table covers: (chips, bytes per chip).
+HARDWARE = {
+    "v4-8": (4, 32 * GIB),  # 4 chips, 32 GiB HBM2 each
+    "v5e-8": (8, 16 * GIB),  # 8 chips, 16 GiB HBM2 each
+    "v5p-8": (4, 95e9),  # 4 chips, 95 GB HBM2e each
+    "h200": (1, 141e9),  # one NVIDIA H200, 141 GB HBM3e
+}
+ROWS = (
+    "policy",
+    "reference",
+    "value model",
+    "adapters",
+    "optimizer state",
+    "gradients",
+    "KV cache",
+    "update activations",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Bytes per chip by row (`ROWS`), the phases' totals and the verdict."""
+
+    rows: dict[str, float]
+    batch: float  # the update's inputs (tokens, masks, log-probs) on one chip
+    chips: int
+    mesh: dict[str, int]
+    hbm: float | None  # bytes per chip, None when unknown
+
+    @property
+    def resident(self) -> float:
+        keep = ("policy", "reference", "value model", "adapters", "optimizer state")
+        return sum(self.rows[k] for k in keep)
+
+    @property
+    def sampling(self) -> float:
+        return self.resident + self.rows["KV cache"]
+
+    @property
+    def update(self) -> float:
+        r = self.rows
+        return self.resident + self.batch + r["gradients"] + r["update activations"]
+
+    @property
+    def peak(self) -> float:
+        return max(self.sampling, self.update)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm is None else self.peak <= self.hbm
+
+
+def mesh_sizes(mesh_section, chips: int) -> dict[str, int]:
+    """`{data, fsdp, tensor}` of `mesh_section` on `chips` chips (one axis may be -1)."""
+    sizes = {k: getattr(mesh_section, k) for k in sharding.MESH_AXES}
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    free = [k for k, v in sizes.items() if v == -1]
+    if free:
+        if chips % fixed:
+            raise ValueError(f"--chips {chips}: not divisible by the fixed mesh axes {sizes}")
+        sizes[free[0]] = chips // fixed
+    if math.prod(sizes.values()) != chips:
+        raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} chips; --chips {chips}")
+    return sizes
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def sharded_bytes(shapes, axes, sizes: dict[str, int], itemsize: int) -> int:
+    """Bytes on one chip of a tree of shapes laid out by their logical axes and the rules."""
+    mesh = AbstractMesh(tuple(sizes[a] for a in sharding.MESH_AXES), sharding.MESH_AXES)
+    leaves = jax.tree.leaves(shapes, is_leaf=_is_shape)
+    axes_leaves = jax.tree.leaves(axes, is_leaf=sharding._is_axes)
+    total = 0
+    for shape, ax in zip(leaves, axes_leaves, strict=True):
+        spec = sharding.logical_to_spec(ax, shape, mesh)
+        split = math.prod(
+            math.prod(sizes[a] for a in ((p,) if isinstance(p, str) else p))
+            for p in spec
+            if p is not None
+        )
+        total += math.prod(shape) // split * itemsize
+    return total
+
+
+def _itemsize(dtype: str) -> int:
+    return jnp.dtype(dtype).itemsize
+
+
+def _local_config(model: ModelConfig, tensor: int) -> ModelConfig:
+    """The per-chip shapes of the activations: heads, KV heads and the MLP split over `tensor`
+    where it divides them (as the rules table does)."""
+
+    def split(n):
+        return n // tensor if n % tensor == 0 else n
+
+    return model.replace(
+        n_heads=split(model.n_heads), n_kv_heads=split(model.n_kv_heads), mlp_dim=split(model.mlp_dim)
+    )
+
+
+def residual_bytes(model: ModelConfig, rows: int, length: int, prompt_len: int, lora=None) -> int:
+    """Bytes the backward of `completion_logprobs` keeps for `rows x length` tokens: every
+    residual of the traced vjp that is not one of its inputs (the weights are counted apart)."""
+    dtype = jnp.dtype(model.dtype)
+    params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, dtype), transformer.param_shapes(model), is_leaf=_is_shape
+    )
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
+    if lora is None:
+        trained, frozen = params, None
+    else:
+        trained = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+            lora_lib.adapter_shapes(model, lora),
+            is_leaf=_is_shape,
+        )
+        frozen = params
+
+    def loss(trained, frozen, tokens):
+        p = trained if frozen is None else lora_lib.apply(frozen, trained, lora.scale)
+        logp, ent = _logprobs(p, model, tokens, prompt_len)
+        return jnp.sum(logp) + jnp.sum(ent)
+
+    def vjp(trained, frozen, tokens):
+        return jax.vjp(lambda t: loss(t, frozen, tokens), trained)[1]
+
+    closed, out = jax.make_jaxpr(vjp, return_shape=True)(trained, frozen, tokens)
+    jaxpr = closed.jaxpr
+    n_res = len(jax.tree.leaves(out))
+    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+    seen, total = set(), 0
+    for v in jaxpr.outvars[len(jaxpr.outvars) - n_res :]:
+        if isinstance(v, jax.extend.core.Literal) or v in inputs or v in seen:
+            continue
+        seen.add(v)
+        total += math.prod(v.aval.shape) * v.aval.dtype.itemsize
+    return total
+
+
+def _logprobs(params, model, tokens, prompt_len):
+    from jaxrl_lrm.train.update import completion_logprobs  # plan is imported by the trainer's CLI
+
+    return completion_logprobs(params, model, tokens, jnp.ones_like(tokens), prompt_len)
+
+
+def activation_bytes(model, rows, length, prompt_len, lora=None) -> int:
+    """The update's activations on one chip: the residuals under `model.remat`, plus one
+    layer's residuals without remat (the working set of the layer being differentiated)."""
+    one = model.replace(n_layers=1, remat="none")
+    return residual_bytes(model, rows, length, prompt_len, lora) + residual_bytes(
+        one, rows, length, prompt_len, lora
+    )
+
+
+def lora_of(config):
+    """The config's `lora.LoraConfig`, or None for full fine-tuning (no section, or rank 0)."""
+    section = getattr(config.model, "lora", None)
+    if section is None or section.rank == 0:
+        return None
+    return lora_lib.LoraConfig(rank=section.rank, alpha=section.alpha, targets=section.targets)
+
+
+def model_config(config) -> ModelConfig:
+    """The run's `ModelConfig` without loading weights: the preset with `model.overrides`
+    (the preset's vocabulary unless overridden), or a checkpoint's `config.json`."""
+    m = config.model
+    if m.path is not None:
+        import transformers
+
+        from jaxrl_lrm.models.hf_config import config_from_hf
+
+        base = config_from_hf(transformers.AutoConfig.from_pretrained(m.path), dtype=m.dtype)
+        return base.replace(remat=m.remat)
+    return preset(m.preset, **{**m.overrides, "dtype": m.dtype, "remat": m.remat})
+
+
+def plan(config, *, chips: int, hbm_gib: float | None = None, hbm_bytes: float | None = None):
+    """The `Plan` of an RL config on `chips` chips of `hbm_gib` GiB (or `hbm_bytes`) each."""
+    if chips < 1:
+        raise ValueError(f"--chips {chips}: expected a positive number of chips")
+    sizes = mesh_sizes(config.mesh, chips)
+    model, lora = model_config(config), lora_of(config)
+    spec = algorithms.resolve(config.algorithm)
+    dt, item = model.dtype, _itemsize(model.dtype)
+    weights = sharded_bytes(model.param_shapes(), model.param_axes(), sizes, item)
+    adapters = 0
+    if lora is not None:
+        shapes, axes = lora_lib.adapter_shapes(model, lora), lora_lib.adapter_axes(model, lora)
+        adapters = sharded_bytes(shapes, axes, sizes, 4)
+    trained = weights if lora is None else adapters
+    ref_item = _itemsize(config.model.ref_dtype or dt)
+    reference = 0
+    if spec.beta > 0 and lora is None:  # with LoRA the reference is the base, adapters off
+        reference = weights // item * ref_item
+    value = value_trained = 0
+    if spec.uses_value:  # a second model: its own weights (or adapters) and head
+        head = sharded_bytes({"w": (model.d_model,), "b": ()}, {"w": ("embed",), "b": ()}, sizes, 4)
+        value = (weights if lora is None else 0) + head
+        value_trained = (weights if lora is None else adapters) + head
+        adapters += 0 if lora is None else adapters
+    t = config.train
+    rows = config.train.prompts_per_step * spec.group_size
+    shards = sizes["data"] * sizes["fsdp"]
+    local_rows = max(1, -(-rows // (t.minibatches * t.micro_batches) // shards))
+    P, T = config.data.max_prompt_len, config.sampling.max_new_tokens
+    cache_shape = (model.n_layers, rows, P + T, model.n_kv_heads, model.head_dim)
+    kv = 2 * sharded_bytes(cache_shape, sharding.CACHE_AXES, sizes, item)
+    local = _local_config(model, sizes["tensor"])
+    acts = activation_bytes(local, local_rows, P + T, P, lora)
+    # tokens, attention mask (int32, [B, P+T]); sampler / reference / old log-probs, advantages
+    # and masks (float32, [B, T]); on each chip its rows of the whole step
+    batch = -(-rows // shards) * (2 * 4 * (P + T) + 6 * 4 * T)
+    hbm = hbm_bytes if hbm_bytes is not None else (None if hbm_gib is None else hbm_gib * GIB)
+    return Plan(
+        rows={
+            "policy": float(weights),
+            "reference": float(reference),
+            "value model": float(value),
+            "adapters": float(adapters),
+            "optimizer state": float(2 * (trained + value_trained)),
+            "gradients": float(trained * (2 if t.micro_batches > 1 else 1)),
+            "KV cache": float(kv),
+            "update activations": float(acts),
+        },
+        batch=float(batch),
+        chips=chips,
+        mesh=sizes,
+        hbm=hbm,
+    )
+
+
+def format_plan(p: Plan, title: str = "") -> str:
+    """The plan as a Markdown table in GiB per chip, with the verdict."""
+    lines = [title] if title else []
+    mesh = " x ".join(f"{k} {v}" for k, v in p.mesh.items())
+    lines += [f"{p.chips} chips, mesh {mesh}; GiB per chip", "", "| part | GiB |", "|---|---|"]
+    lines += [f"| {k} | {v / GIB:.3f} |" for k, v in p.rows.items()]
+    lines += [
+        f"| update batch | {p.batch / GIB:.3f} |",
+        f"| **sampling peak** (resident + KV cache) | {p.sampling / GIB:.3f} |",
+        f"| **update peak** (resident + batch + gradients + activations) | {p.update / GIB:.3f} |",
+    ]
+    if p.hbm is None:
+        lines.append(f"\npeak {p.peak / GIB:.2f} GiB per chip (give --hbm-gib for a verdict)")
+    else:
+        verdict = "fits" if p.fits else "does not fit"
+        lines.append(f"\npeak {p.peak / GIB:.2f} of {p.hbm / GIB:.2f} GiB per chip: {verdict}")
+    return "\n".join(lines)
