@@ -1,8 +1,9 @@
-"""The `jaxrl-lrm` command: train | eval | export | demo | config show.
+"""The `jaxrl-lrm` command: train | eval | export | plan | demo | config show.
 
     jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR] [--allow-config-change]
     jaxrl-lrm eval CONFIG.yaml --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
     jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force]
+    jaxrl-lrm plan CONFIG.yaml [--chips N] [--hbm-gib G] [key.path=value ...]
     jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
     jaxrl-lrm config show CONFIG.yaml [key.path=value ...]   # the resolved config, as YAML
 
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     show = c.add_parser("show", help="print the resolved config (defaults, file, overrides)")
     show.add_argument("config")
     show.add_argument("overrides", nargs="*")
+    m = sub.add_parser("plan", help="bytes per chip a config needs, and whether it fits")
+    m.add_argument("config")
+    m.add_argument("overrides", nargs="*")
+    m.add_argument("--chips", type=int, help="chips (default: the mesh's, else this machine's)")
+    m.add_argument("--hbm-gib", type=float, help="memory per chip in GiB")
     d = sub.add_parser("demo", help="the offline demo: SFT on imperfect data, then GRPO")
     d.add_argument("--run-dir", default=None)
     d.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
@@ -195,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{prompt!r} -> {completion!r} {'ok' if ok else 'wrong'}")
             out = Path(args.out) if args.out else run_dir / f"eval_step{step}.json"
             out.write_text(json.dumps(metrics, indent=2))
+        elif args.command == "plan":
+            from jaxrl_lrm import plan
+
+            print(plan.main(args.config, args.overrides, args.chips, args.hbm_gib))
         elif args.command == "export":
             _export(args)
         elif args.command == "config":

@@ -128,7 +128,9 @@ def _local_config(model: ModelConfig, tensor: int) -> ModelConfig:
         return n // tensor if n % tensor == 0 else n
 
     return model.replace(
-        n_heads=split(model.n_heads), n_kv_heads=split(model.n_kv_heads), mlp_dim=split(model.mlp_dim)
+        n_heads=split(model.n_heads),
+        n_kv_heads=split(model.n_kv_heads),
+        mlp_dim=split(model.mlp_dim),
     )
 
 
@@ -177,13 +179,19 @@ def _logprobs(params, model, tokens, prompt_len):
     return completion_logprobs(params, model, tokens, jnp.ones_like(tokens), prompt_len)
 
 
+# The backward's working set, as a fraction of one layer's residuals without remat: the layer
+# being differentiated holds its (recomputed) residuals while its gradients are made, and
+# frees them as it goes. Measured on XLA:CPU (docs/memory.md); the one calibrated constant.
+WORKING_SET = 0.75
+
+
 def activation_bytes(model, rows, length, prompt_len, lora=None) -> int:
-    """The update's activations on one chip: the residuals under `model.remat`, plus one
-    layer's residuals without remat (the working set of the layer being differentiated)."""
+    """The update's activations on one chip: the residuals under `model.remat`, plus the
+    working set of the layer being differentiated (`WORKING_SET` of one layer's residuals
+    without remat)."""
     one = model.replace(n_layers=1, remat="none")
-    return residual_bytes(model, rows, length, prompt_len, lora) + residual_bytes(
-        one, rows, length, prompt_len, lora
-    )
+    saved = residual_bytes(model, rows, length, prompt_len, lora)
+    return int(saved + WORKING_SET * residual_bytes(one, rows, length, prompt_len, lora))
 
 
 def lora_of(config):
@@ -264,19 +272,42 @@ def plan(config, *, chips: int, hbm_gib: float | None = None, hbm_bytes: float |
 
 
 def format_plan(p: Plan, title: str = "") -> str:
-    """The plan as a Markdown table in GiB per chip, with the verdict."""
-    lines = [title] if title else []
+    """The plan as a Markdown table per chip (GiB, or MiB below 1 GiB), with the verdict."""
+    unit, div = ("GiB", GIB) if p.peak >= GIB else ("MiB", 2**20)
     mesh = " x ".join(f"{k} {v}" for k, v in p.mesh.items())
-    lines += [f"{p.chips} chips, mesh {mesh}; GiB per chip", "", "| part | GiB |", "|---|---|"]
-    lines += [f"| {k} | {v / GIB:.3f} |" for k, v in p.rows.items()]
+    lines = [title] if title else []
     lines += [
-        f"| update batch | {p.batch / GIB:.3f} |",
-        f"| **sampling peak** (resident + KV cache) | {p.sampling / GIB:.3f} |",
-        f"| **update peak** (resident + batch + gradients + activations) | {p.update / GIB:.3f} |",
+        f"{p.chips} chips, mesh {mesh}; {unit} per chip",
+        "",
+        f"| part | {unit} |",
+        "|---|---|",
     ]
+    table = {
+        **p.rows,
+        "update batch": p.batch,
+        "**sampling peak** (resident + KV cache)": p.sampling,
+        "**update peak** (resident + batch + gradients + activations)": p.update,
+    }
+    lines += [f"| {k} | {v / div:.3f} |" for k, v in table.items()]
     if p.hbm is None:
-        lines.append(f"\npeak {p.peak / GIB:.2f} GiB per chip (give --hbm-gib for a verdict)")
+        lines.append(f"\npeak {p.peak / div:.2f} {unit} per chip (give --hbm-gib for a verdict)")
     else:
         verdict = "fits" if p.fits else "does not fit"
         lines.append(f"\npeak {p.peak / GIB:.2f} of {p.hbm / GIB:.2f} GiB per chip: {verdict}")
     return "\n".join(lines)
+
+
+def main(config_path: str, overrides, chips: int | None, hbm_gib: float | None) -> str:
+    """`jaxrl-lrm plan`: the table for a config file (chips: the mesh's, else this machine's
+    device count; memory: `--hbm-gib`, else what the device reports, if it does)."""
+    from jaxrl_lrm.config import load_config
+
+    config = load_config(config_path, list(overrides))
+    fixed = [getattr(config.mesh, a) for a in sharding.MESH_AXES]
+    if chips is None:
+        chips = math.prod(fixed) if -1 not in fixed else jax.device_count()
+    if hbm_gib is None:
+        stats = jax.devices()[0].memory_stats() or {}
+        hbm_gib = stats["bytes_limit"] / GIB if "bytes_limit" in stats else None
+    p = plan(config, chips=chips, hbm_gib=hbm_gib)
+    return format_plan(p, f"plan of {config_path} ({model_config(config).num_params:,} parameters)")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 
 from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
-from jaxrl_lrm.models.config import PRESETS, ModelConfig
+from jaxrl_lrm.models.config import PRESETS, REMAT_MODES, ModelConfig
 
 DEFAULT_PRESET = "tiny"  # the model when neither `model.preset` nor `model.path` is given
-_SET_ELSEWHERE = {"dtype": "model.dtype", "vocab_size": None}  # None: allowed (from tokenizer)
+_SET_ELSEWHERE = {"dtype": "model.dtype", "remat": "model.remat", "vocab_size": None}  # None: allowed (from tokenizer)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,6 +26,9 @@ class ModelSection:
         dtype: parameter and compute dtype of the policy, `float32` or `bfloat16`.
         ref_dtype: dtype of the frozen reference copy; null: same as `model.dtype`
             (`bfloat16` halves the reference's memory).
+        remat: rematerialisation of each layer in the update's backward pass: `none`, `full`
+            (keep only each layer's input, recompute the rest) or a `jax.checkpoint_policies`
+            name such as `dots_saveable`; the gradients are the same (see [Memory](memory.md)).
     """
 
     preset: str | None = None
@@ -33,9 +36,11 @@ class ModelSection:
     overrides: dict = dataclasses.field(default_factory=dict)
     dtype: str = "float32"
     ref_dtype: str | None = None
+    remat: str = "none"
 
     def __post_init__(self):
         dtypes = ("float32", "bfloat16")
+        check(self.remat in REMAT_MODES, "model.remat", self.remat, f"one of {list(REMAT_MODES)}")
         check(self.dtype in dtypes, "model.dtype", self.dtype, "'float32' or 'bfloat16'")
         check(
             self.ref_dtype in (None, *dtypes),

@@ -72,12 +72,14 @@ def build_policy(config: Config, tokenizer, mesh) -> models.Model:
     dtype = config.model.dtype
     if config.model.path is not None:
         model = models.load_pretrained(config.model.path, dtype=dtype, mesh=mesh)
+        model = model.replace(config=model.config.replace(remat=config.model.remat))
         if model.tokenizer is None:
             model = model.replace(tokenizer=tokenizer)
         return model
     overrides = dict(config.model.overrides)
     overrides.setdefault("vocab_size", tokenizer.vocab_size)
     overrides["dtype"] = dtype
+    overrides["remat"] = config.model.remat
     model_config = models.preset(config.model.preset or DEFAULT_PRESET, **overrides)
     if model_config.vocab_size < tokenizer.vocab_size:
         raise ValueError(

@@ -140,6 +140,8 @@ def test_num_params():
     # Published parameter counts of the real checkpoints.
     assert preset("qwen2.5-0.5b").num_params == 494_032_768
     assert preset("llama-3.2-1b").num_params == 1_235_814_400
+    assert preset("qwen2.5-7b").num_params == 7_615_616_512  # "7.61B" on its model card
+    assert preset("qwen3-8b").num_params == 8_190_735_360  # "8.2B" on its model card
     for name in models.PRESETS:
         assert preset(name).num_params == leaf_count(preset(name)), name
     untied = preset("tiny", tie_embeddings=False, qkv_bias=True)
