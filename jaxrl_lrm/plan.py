@@ -24,9 +24,12 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
 from jaxrl_lrm import algorithms, sharding
+from jaxrl_lrm.config import load_config
 from jaxrl_lrm.models import lora as lora_lib
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig, preset
+from jaxrl_lrm.models.hf_config import config_from_hf
+from jaxrl_lrm.train.update import completion_logprobs
 
 GIB = 2**30
 # Published per-chip HBM of the machines the README's table covers: (chips, bytes per chip).
@@ -154,7 +157,7 @@ def residual_bytes(model: ModelConfig, rows: int, length: int, prompt_len: int, 
 
     def loss(trained, frozen, tokens):
         p = trained if frozen is None else lora_lib.apply(frozen, trained, lora.scale)
-        logp, ent = _logprobs(p, model, tokens, prompt_len)
+        logp, ent = completion_logprobs(p, model, tokens, jnp.ones_like(tokens), prompt_len)
         return jnp.sum(logp) + jnp.sum(ent)
 
     def vjp(trained, frozen, tokens):
@@ -171,12 +174,6 @@ def residual_bytes(model: ModelConfig, rows: int, length: int, prompt_len: int, 
         seen.add(v)
         total += math.prod(v.aval.shape) * v.aval.dtype.itemsize
     return total
-
-
-def _logprobs(params, model, tokens, prompt_len):
-    from jaxrl_lrm.train.update import completion_logprobs  # plan is imported by the trainer's CLI
-
-    return completion_logprobs(params, model, tokens, jnp.ones_like(tokens), prompt_len)
 
 
 # The backward's working set, as a fraction of one layer's residuals without remat: the layer
@@ -209,19 +206,29 @@ def model_config(config) -> ModelConfig:
     if m.path is not None:
         import transformers
 
-        from jaxrl_lrm.models.hf_config import config_from_hf
-
         base = config_from_hf(transformers.AutoConfig.from_pretrained(m.path), dtype=m.dtype)
         return base.replace(remat=m.remat)
     return preset(m.preset, **{**m.overrides, "dtype": m.dtype, "remat": m.remat})
 
 
-def plan(config, *, chips: int, hbm_gib: float | None = None, hbm_bytes: float | None = None):
-    """The `Plan` of an RL config on `chips` chips of `hbm_gib` GiB (or `hbm_bytes`) each."""
+_FROM_CONFIG = object()
+
+
+def plan(
+    config,
+    *,
+    chips: int,
+    hbm_gib: float | None = None,
+    hbm_bytes: float | None = None,
+    lora=_FROM_CONFIG,
+):
+    """The `Plan` of an RL config on `chips` chips of `hbm_gib` GiB (or `hbm_bytes`) each;
+    `lora` (a `lora.LoraConfig` or None) replaces the config's adapters."""
     if chips < 1:
         raise ValueError(f"--chips {chips}: expected a positive number of chips")
     sizes = mesh_sizes(config.mesh, chips)
-    model, lora = model_config(config), lora_of(config)
+    model = model_config(config)
+    lora = lora_of(config) if lora is _FROM_CONFIG else lora
     spec = algorithms.resolve(config.algorithm)
     dt, item = model.dtype, _itemsize(model.dtype)
     weights = sharded_bytes(model.param_shapes(), model.param_axes(), sizes, item)
@@ -300,8 +307,6 @@ def format_plan(p: Plan, title: str = "") -> str:
 def main(config_path: str, overrides, chips: int | None, hbm_gib: float | None) -> str:
     """`jaxrl-lrm plan`: the table for a config file (chips: the mesh's, else this machine's
     device count; memory: `--hbm-gib`, else what the device reports, if it does)."""
-    from jaxrl_lrm.config import load_config
-
     config = load_config(config_path, list(overrides))
     fixed = [getattr(config.mesh, a) for a in sharding.MESH_AXES]
     if chips is None:
@@ -311,3 +316,43 @@ def main(config_path: str, overrides, chips: int | None, hbm_gib: float | None) 
         hbm_gib = stats["bytes_limit"] / GIB if "bytes_limit" in stats else None
     p = plan(config, chips=chips, hbm_gib=hbm_gib)
     return format_plan(p, f"plan of {config_path} ({model_config(config).num_params:,} parameters)")
+
+
+FIT_PRESETS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen3-8b")
+# The run the fit table plans: GRPO (k3 KL, so a reference), bfloat16 weights, full remat,
+# 16 prompts x 16 completions of 512 + 2048 tokens per step in 16 micro-batches, FSDP over all
+# chips.
+FIT_RUN = [
+    "model.dtype=bfloat16",
+    "model.remat=full",
+    "train.prompts_per_step=16",
+    "algorithm.group_size=16",
+    "train.micro_batches=16",
+    "data.max_prompt_len=512",
+    "sampling.max_new_tokens=2048",
+    "mesh.fsdp=-1",
+]
+
+
+def fit_table(presets=FIT_PRESETS, hardware=HARDWARE, rank: int = 16) -> str:
+    """What fits: a Markdown table of peak GiB per chip, full fine-tuning / LoRA rank `rank`
+    on every attention and MLP projection, for `FIT_RUN` on each machine."""
+    head = "| model | " + " | ".join(hardware) + " |"
+    lines = [head, "|---" * (len(hardware) + 1) + "|"]
+    adapters = lora_lib.LoraConfig(rank=rank, alpha=2.0 * rank)
+    for name in presets:
+        config = load_config(None, [f"model.preset={name}", *FIT_RUN])
+        cells = []
+        for chips, hbm in hardware.values():
+            both = [plan(config, chips=chips, hbm_bytes=hbm, lora=lr) for lr in (None, adapters)]
+            cells.append(" / ".join(_cell(p) for p in both))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(p: Plan) -> str:
+    return f"{p.peak / GIB:.1f} {'fits' if p.fits else 'does not fit'}"
+
+
+if __name__ == "__main__":
+    print(fit_table())

@@ -133,3 +133,24 @@ def test_lora_rank_zero_is_full_fine_tuning():
         big.num_params * 4 / 8,
         rtol=0.01,
     )
+
+
+def test_lora_plan_trains_the_adapters_only():
+    from jaxrl_lrm.models import lora
+
+    config = load_config(SMOKE, ["mesh.fsdp=1"])
+    adapters = lora.LoraConfig(rank=4, alpha=8.0)
+    full, low = plan.plan(config, chips=1), plan.plan(config, chips=1, lora=adapters)
+    n = lora.num_params(plan.model_config(config), adapters)
+    assert low.rows["adapters"] == 4 * n  # float32
+    assert low.rows["optimizer state"] == 8 * n and low.rows["gradients"] == 4 * n
+    assert low.rows["reference"] == 0 and full.rows["reference"] == full.rows["policy"]
+    assert low.rows["policy"] == full.rows["policy"]
+
+
+@pytest.mark.slow
+def test_readme_and_memory_page_carry_the_current_fit_table():
+    table = plan.fit_table()
+    for page in ("README.md", "docs/memory.md"):
+        with open(page) as f:
+            assert table in f.read(), f"{page}: rerun `python -m jaxrl_lrm.plan`"
