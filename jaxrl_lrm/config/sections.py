@@ -10,7 +10,11 @@ from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
 from jaxrl_lrm.models.config import PRESETS, REMAT_MODES, ModelConfig
 
 DEFAULT_PRESET = "tiny"  # the model when neither `model.preset` nor `model.path` is given
-_SET_ELSEWHERE = {"dtype": "model.dtype", "remat": "model.remat", "vocab_size": None}  # None: allowed (from tokenizer)
+_SET_ELSEWHERE = {
+    "dtype": "model.dtype",
+    "remat": "model.remat",
+    "vocab_size": None,
+}  # None: allowed (from tokenizer)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
