@@ -175,17 +175,21 @@ def test_each_program_compiles_once_in_five_steps(tmp_path):
     assert counts == [3.0] * 5, counts
 
 
-def test_nonfinite_state_is_never_checkpointed(tmp_path):
-    """An infinite learning rate makes every parameter NaN at step 1: the run stops before a
-    checkpoint is written, naming the step."""
-    cfg = smoke(
-        "train.steps=2",
-        "train.checkpoint_every=1",
-        "train.eval_every=0",
-        "train.lr_schedule=constant",
-        "train.max_grad_norm=0",
-    )
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float("inf")))
+def test_nonfinite_state_is_never_checkpointed(tmp_path, monkeypatch):
+    """An update that makes every parameter NaN at step 1 (its loss, computed before, is
+    finite): the run stops before a checkpoint is written, naming the step. (An infinite
+    `train.lr`, the way there once was, is now refused by the config.)"""
+    real = update.rl_update
+
+    def poisoned(state, batch, **kw):
+        new_state, metrics = real(state, batch, **kw)
+        nan = jax.tree.map(lambda x: x * jnp.nan, new_state.policy.params)
+        return dataclasses.replace(
+            new_state, policy=dataclasses.replace(new_state.policy, params=nan)
+        ), metrics
+
+    monkeypatch.setattr(update, "rl_update", poisoned)
+    cfg = smoke("train.steps=2", "train.checkpoint_every=1", "train.eval_every=0")
     with pytest.raises(train.TrainingDivergedError, match="non-finite.*step 1"):
         train.run_rl(cfg, run_dir=tmp_path, quiet=True)
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
