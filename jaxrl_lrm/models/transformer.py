@@ -146,11 +146,18 @@ def _attention(config: ModelConfig, q_BTNH, k_BSKH, v_BSKH, mask_BTS):
 def _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer):
     """`_write_cache` on the whole stacked `[L,B,S,K,H]` cache, carried through the layer scan
     and written at `[layer, :, cache_index:]` in place (CPU trick: no per-layer cache copy)."""
-    at = (layer, 0, cache_index, 0, 0)
-    cache = {
-        n: jax.lax.dynamic_update_slice(cache[n], x[None].astype(cache[n].dtype), at)
-        for n, x in (("k", k_BTKH), ("v", v_BTKH))
-    }
+    if jnp.ndim(cache_index) == 1:  # a slot per row
+
+        def put(buf, x):
+            row = lambda b, xb, i: jax.lax.dynamic_update_slice(b, xb[None], (layer, i, 0, 0))
+            return jax.vmap(row, in_axes=(1, 0, 0), out_axes=1)(
+                buf, x.astype(buf.dtype), cache_index
+            )
+
+    else:
+        at = (layer, 0, cache_index, 0, 0)
+        put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype), at)
+    cache = {n: put(cache[n], x) for n, x in (("k", k_BTKH), ("v", v_BTKH))}
     k, v = (jax.lax.dynamic_index_in_dim(cache[n], layer, keepdims=False) for n in "kv")
     return k, v, cache
 
@@ -162,12 +169,12 @@ def _write_cache(config: ModelConfig, cache, k_BTKH, v_BTKH, cache_index, layer)
     stacked cache (the scan's input and output), or with `cpu_kernels` the whole stack."""
     if config.cpu_kernels:
         return _write_cache_in_place(cache, k_BTKH, v_BTKH, cache_index, layer)
-    cache = {
-        n: jax.lax.dynamic_update_slice_in_dim(
-            cache[n], x.astype(cache[n].dtype), cache_index, axis=1
-        )
-        for n, x in (("k", k_BTKH), ("v", v_BTKH))
-    }
+    if jnp.ndim(cache_index) == 1:  # a slot per row
+        row = lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis=0)
+        put = lambda buf, x: jax.vmap(row)(buf, x, cache_index)
+    else:
+        put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, cache_index, axis=1)
+    cache = {n: put(cache[n], x.astype(cache[n].dtype)) for n, x in (("k", k_BTKH), ("v", v_BTKH))}
     return cache["k"], cache["v"], cache
 
 
@@ -266,7 +273,9 @@ def forward_hidden(
         S is the cache length and the caller marks the slots it has filled (including the T
         being written now). Defaults to all ones.
       cache: a KV cache from `init_cache`, or None for a plain causal forward pass.
-      cache_index: the slot where this call's first token is written.
+      cache_index: the slot where this call's first token is written: a scalar for every row,
+        or an int array [B] of one slot per row (the multi-turn sampler's rows sit at
+        different lengths).
       segment_ids_BT: packed rows (no cache): a query attends only to keys of its own segment
         id, so several sequences share a row as if each ran alone (with `positions_BT`
         restarting per sequence).
@@ -280,8 +289,13 @@ def forward_hidden(
         if cache is not None:
             raise ValueError("positions_BT is required when decoding with a cache")
         positions_BT = jnp.maximum(jnp.cumsum(kv_mask_BS, axis=1) - 1, 0)
-    q_slots = cache_index + jnp.arange(T)
-    mask_BTS = (jnp.arange(S)[None, :] <= q_slots[:, None])[None] & kv_mask_BS[:, None, :]
+    if jnp.ndim(cache_index) == 1:  # a slot per row (rows at different lengths)
+        q_slots_BT = cache_index[:, None] + jnp.arange(T)
+        causal_BTS = jnp.arange(S)[None, None, :] <= q_slots_BT[:, :, None]
+    else:
+        q_slots = cache_index + jnp.arange(T)
+        causal_BTS = (jnp.arange(S)[None, :] <= q_slots[:, None])[None]
+    mask_BTS = causal_BTS & kv_mask_BS[:, None, :]
     if segment_ids_BT is not None:
         if cache is not None:
             raise ValueError("segment_ids_BT is for packed rows without a cache")

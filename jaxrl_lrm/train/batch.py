@@ -31,9 +31,15 @@ class Rollout:
     tokens_BL: jax.Array  # int32: prompt then completion (pad after EOS)
     attn_BL: jax.Array  # int32: 1 for real tokens (prompt and completion up to EOS)
     sampler_logp_BT: jax.Array  # float32: the sampler's log-prob of each completion token
+    # int32: multi-turn episodes, 1 for sampled tokens only (observation tokens are attended
+    # but outside the loss, the KL and the entropy); None: every real completion token
+    loss_mask_BT: jax.Array | None = None
 
     @property
     def completion_mask_BT(self) -> jax.Array:
+        """The tokens the loss, the KL and the advantages see."""
+        if self.loss_mask_BT is not None:
+            return self.loss_mask_BT
         T = self.sampler_logp_BT.shape[1]
         return self.attn_BL[:, -T:]
 
