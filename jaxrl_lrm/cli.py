@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -121,6 +122,26 @@ def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, ove
     return metrics, samples, step, run_dir
 
 
+class _Elapsed(logging.Formatter):
+    """Stamps each line with the seconds since the process started logging (the progress of a
+    start: loading, compiling, the first step)."""
+
+    def format(self, record):
+        record.elapsed = record.relativeCreated / 1000
+        return super().format(record)
+
+
+def _prepare(config) -> None:
+    """What a command does before building anything: fail at once on a missing optional
+    dependency, and turn on the persistent compilation cache."""
+    from jaxrl_lrm.train import compile_cache, wandb_sink
+
+    if config.log.wandb:
+        wandb_sink.require()
+    path = compile_cache.enable(config.train.compile_cache, config.run_dir)
+    log.info("%s run into %s; compilation cache: %s", config.stage, config.run_dir, path or "off")
+
+
 def _train(args) -> int:
     from jaxrl_lrm.config import load_config
 
@@ -129,6 +150,7 @@ def _train(args) -> int:
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     config = load_config(args.config, overrides)
+    _prepare(config)
     if config.demo:
         from jaxrl_lrm.train.demo import run_demo
 
@@ -171,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax"):  # orbax logs every save phase at INFO
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Elapsed("%(levelname)s [%(elapsed)6.1fs] %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for noisy in ("absl", "orbax", "jax", "tensorboardX"):  # orbax logs every save at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if os.getcwd() not in sys.path:  # `module:function` references resolve as with python -m
         sys.path.insert(0, os.getcwd())
+    log.info("jaxrl-lrm %s: starting (importing JAX)", args.command)
     from jaxrl_lrm.config import ConfigError, load_config, to_yaml
 
     try:
@@ -189,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"seed={args.seed}")
             from jaxrl_lrm.train.demo import run_demo
 
-            run_demo(load_config(DEMO_CONFIG, overrides))
+            config = load_config(DEMO_CONFIG, overrides)
+            _prepare(config)
+            run_demo(config)
         elif args.command == "eval":
             _init_distributed(args)
             metrics, samples, step, run_dir = evaluate_checkpoint(

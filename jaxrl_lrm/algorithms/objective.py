@@ -6,10 +6,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_lrm import losses
+from jaxrl_lrm.algorithms import custom
 from jaxrl_lrm.algorithms.spec import AlgorithmSpec
 
 
 def _surrogate(spec: AlgorithmSpec, logp, old, adv, mask, max_len, denom):
+    if custom.is_reference(spec.loss):
+        values = {k: getattr(spec, k) for k in ("agg", *custom.OPTIONAL_KEYWORDS)}
+        return custom.surrogate(spec.loss, values, logp, old, adv, mask, max_len, denom)
     if spec.loss == "cispo":
         return losses.cispo_loss(
             logp,
@@ -23,7 +27,7 @@ def _surrogate(spec: AlgorithmSpec, logp, old, adv, mask, max_len, denom):
             denom=denom,
         )
     if spec.loss != "clip":
-        raise ValueError(f"loss={spec.loss!r}: expected 'clip' or 'cispo'")
+        raise ValueError(f"loss={spec.loss!r}: expected 'clip', 'cispo' or 'module:function'")
     return losses.policy_loss(
         logp,
         old,
@@ -126,8 +130,14 @@ def objective(
         "loss/policy": pg,
         "loss/total": loss,
         "entropy/mean": ent_mean,
-        "clip/frac": pg_metrics["clipfrac"],
-        "approx_kl": pg_metrics["approx_kl"],
         "mismatch/sampler_kl": mismatch,
     }
-    return loss, metrics
+    return loss, metrics | _surrogate_metrics(spec, pg_metrics)
+
+
+def _surrogate_metrics(spec: AlgorithmSpec, m: dict) -> dict:
+    """`clip/frac` and `approx_kl`; a custom loss's other metrics as `custom/<key>`."""
+    if not custom.is_reference(spec.loss):
+        return {"clip/frac": m["clipfrac"], "approx_kl": m["approx_kl"]}
+    names = {"clipfrac": "clip/frac", "approx_kl": "approx_kl"}
+    return {names.get(k, f"custom/{k}"): jnp.asarray(v, jnp.float32) for k, v in m.items()}

@@ -45,10 +45,11 @@ BASE = types.MappingProxyType(
 )
 """Values every preset starts from (PPO's clip 0.2, no KL, no entropy bonus, ...)."""
 
-COMMON_KEYS = frozenset({"clip_low", "clip_high", "agg", "tis_max", "entropy_coef"})
+COMMON_KEYS = frozenset({"clip_low", "clip_high", "agg", "tis_max", "entropy_coef", "loss"})
 """Keys every algorithm accepts."""
 
 OVERRIDABLE = (
+    "loss",
     "beta",
     "kl_kind",
     "clip_low",
@@ -206,6 +207,11 @@ KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 VALUE_RULES = {
+    "loss": (
+        lambda v: isinstance(v, str) and ":" in v,
+        "'module.path:function' (a policy loss with losses.policy_loss's signature, "
+        "see jaxrl_lrm.algorithms.custom)",
+    ),
     "beta": (lambda v: v >= 0, ">= 0"),
     "kl_kind": (lambda v: v in KL_KINDS, f"one of {KL_KINDS}"),
     "clip_low": (lambda v: v > 0, "> 0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxrl_lrm.algorithms import custom
 from jaxrl_lrm.algorithms.registry import OVERRIDABLE, REGISTRY, check_section
 
 
@@ -25,7 +26,8 @@ class AlgorithmSpec:
         uses_value: a value model gives `values_BT` (PPO); `advantages` then returns
             `returns_BT` for its loss.
     Loss (`algorithms.objective`):
-        loss: `"clip"` (`losses.policy_loss`) or `"cispo"` (`losses.cispo_loss`).
+        loss: `"clip"` (`losses.policy_loss`), `"cispo"` (`losses.cispo_loss`) or a user's
+            `"module:function"` with their signature (`algorithms.custom`).
         ratio: `"token"` or `"sequence"` (GSPO).
         clip_low, clip_high, dual_clip: clip ranges (`clip_high=None`: `clip_low`).
         agg: the `losses.aggregate` mode of every loss term.
@@ -84,9 +86,13 @@ def resolve(section) -> AlgorithmSpec:
     sets explicitly. A set key that the algorithm ignores or contradicts raises `ValueError`
     naming it (`config` raises the same as `ConfigError` when the section is built).
 
-    `kl_kind="low_var_kl"` stays as named (`losses.kl_penalty` clamps it at 10).
+    `kl_kind="low_var_kl"` stays as named (`losses.kl_penalty` clamps it at 10). A custom
+    `loss` (`module:function`) is imported and its signature checked here (`ValueError` on a bad
+    reference, a wrong signature, or a set key it would ignore).
     """
     explicit = explicit_keys(section)
     check_section(section.name, explicit)
     kw = REGISTRY[section.name].spec_kwargs() | explicit
+    if custom.is_reference(kw["loss"]):
+        custom.check(kw["loss"], kw, explicit)
     return AlgorithmSpec(name=section.name, group_size=section.group_size, **kw)

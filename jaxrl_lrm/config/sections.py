@@ -232,3 +232,28 @@ class SFTSection:
 
     def __post_init__(self):
         check_ranges(self, "sft")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogSection:
+    """`log.*`: what a run shows while it trains, besides `metrics.jsonl` ([Training](training.md)).
+
+    Attributes:
+        samples_every (>= 0): steps between tables of sample completions with their rewards
+            (`samples.jsonl`, TensorBoard text `samples`, the console, W&B); 0: never.
+        num_samples (>= 1): completions per table (the first rows of the step: whole groups
+            when it is a multiple of `algorithm.group_size`).
+        wandb: mirror metrics and sample tables to Weights & Biases (`pip install
+            'jaxrl-lrm[wandb]'`; `WANDB_MODE=offline` writes under `<run_dir>/wandb/`).
+        wandb_project: the W&B project.
+        wandb_entity: the W&B entity (team or user); null: W&B's default.
+    """
+
+    samples_every: int = 10
+    num_samples: int = 4
+    wandb: bool = False
+    wandb_project: str = "jaxrl-lrm"
+    wandb_entity: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, "log")

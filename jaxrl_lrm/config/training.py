@@ -11,6 +11,7 @@ from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
 from jaxrl_lrm.config.sections import (
     DataSection,
     EvalSection,
+    LogSection,
     MeshSection,
     ModelSection,
     RewardsSection,
@@ -33,6 +34,9 @@ class AlgorithmSection:
     Attributes:
         name: one of `jaxrl_lrm.algorithms.NAMES` (see [Algorithms](algorithms.md)).
         group_size (>= 1): completions per prompt (>= 2 for every algorithm but `ppo`).
+        loss: a user's policy loss, `module.path:function`, in place of the algorithm's
+            surrogate, with the built-in losses' signature (`jaxrl_lrm.algorithms.custom`,
+            [Algorithms](algorithms.md#a-custom-policy-loss)); null: the algorithm's own.
         beta (>= 0): KL coefficient towards the reference; 0 skips the reference.
         kl_kind: KL estimator in the loss: `k1`, `k2`, `k3` or `low_var_kl`.
         clip_low (> 0): lower PPO clip range (ratio >= 1 - clip_low).
@@ -57,6 +61,7 @@ class AlgorithmSection:
 
     name: str = "grpo"
     group_size: int = 8
+    loss: str | None = None
     beta: float | None = None
     kl_kind: str | None = None
     clip_low: float | None = None
@@ -110,7 +115,12 @@ class TrainSection:
         checkpoint_every (>= 0): steps between checkpoints; 0: only at the end.
         eval_every (>= 0): steps between held-out evaluations; 0: never during training.
         max_to_keep (>= 1): checkpoints kept.
-        log_every (>= 1): steps between console log lines.
+        log_every (>= 1): steps between console progress lines (every step is in
+            `metrics.jsonl`).
+        compile_cache: JAX's persistent compilation cache: `auto`
+            (`<run_dir>/../.jax_compile_cache`, unless JAX's cache is already set, e.g. by
+            `JAX_COMPILATION_CACHE_DIR`), a directory, or `off`; a second start of the same
+            config then compiles nothing it compiled before.
     """
 
     steps: int = 4
@@ -131,6 +141,7 @@ class TrainSection:
     eval_every: int = 0
     max_to_keep: int = 3
     log_every: int = 1
+    compile_cache: str = "auto"
 
     def __post_init__(self):
         check_ranges(self, "train")
@@ -144,6 +155,12 @@ class TrainSection:
         schedules = ("cosine", "constant")
         check(
             self.lr_schedule in schedules, "train.lr_schedule", self.lr_schedule, "cosine|constant"
+        )
+        check(
+            bool(self.compile_cache.strip()),
+            "train.compile_cache",
+            self.compile_cache,
+            "auto, off or a directory",
         )
 
 
@@ -163,6 +180,7 @@ class Config:
         rewards: see `rewards.*`.
         eval: see `eval.*`.
         sft: see `sft.*`.
+        log: see `log.*`.
         stage: what `jaxrl-lrm train` runs: `rl`, `sft`, `dpo` or `reward_model`.
         demo: run the SFT / control / RL comparison and write `demo_summary.json`.
     """
@@ -178,6 +196,7 @@ class Config:
     rewards: RewardsSection = dataclasses.field(default_factory=RewardsSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     sft: SFTSection = dataclasses.field(default_factory=SFTSection)
+    log: LogSection = dataclasses.field(default_factory=LogSection)
     stage: str = "rl"
     demo: bool = False
 

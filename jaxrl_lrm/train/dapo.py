@@ -54,12 +54,14 @@ def _concat_scores(parts: list[Scores], idx: np.ndarray) -> Scores:
     cat = np.concatenate
     dense = None if parts[0].dense_NT is None else cat([p.dense_NT for p in parts])[idx]
     completions = sum((p.completions for p in parts), [])
+    prompts = sum((p.prompts for p in parts), [])
     return Scores(
         total_N=cat([p.total_N for p in parts])[idx],
         dense_NT=dense,
         per_fn={k: cat([p.per_fn[k] for p in parts])[idx] for k in parts[0].per_fn},
         stats={k: sum(p.stats.get(k, 0.0) for p in parts) for k in parts[0].stats},
         completions=[completions[i] for i in idx],
+        prompts=[prompts[i] for i in idx] if prompts else [],
     )
 
 

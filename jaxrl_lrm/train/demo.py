@@ -25,8 +25,7 @@ from jaxrl_lrm.config import Config, save_config
 from jaxrl_lrm.offline import data as offline_data
 from jaxrl_lrm.offline import sft
 from jaxrl_lrm.train import loop, offline_stage, rl_stage
-from jaxrl_lrm.train.logging import plot_run
-from jaxrl_lrm.train.plots import plot_comparison
+from jaxrl_lrm.train.plots import plot_comparison, plot_run
 
 
 def fresh_dir(path: Path) -> Path:
@@ -193,7 +192,7 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     (run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    plot_run(run_dir / "rl", run_dir / "reward.png")
+    plot_run(run_dir / "rl", run_dir / "run.png")
     plot_comparison(summary, run_dir / "demo.png")
     _report(out, s, summary, sft_params, result.state.params, eval_rows[:4])
     return summary

@@ -74,6 +74,7 @@ class Scores:
     per_fn: dict[str, np.ndarray]  # unweighted, per function (token-level: row sums)
     stats: dict[str, float]  # errors / timeouts per function
     completions: list[str]
+    prompts: list[str] = dataclasses.field(default_factory=list)  # rendered, one per completion
 
     @property
     def outcome_N(self) -> np.ndarray:
@@ -173,7 +174,21 @@ def score(
         per_fn=dict(per_fn),
         stats=dict(stats),
         completions=completions,
+        prompts=list(prompts),
     )
+
+
+def sample_table(s: Scores, n: int) -> list[dict]:
+    """The first `n` completions of a scored batch as rows for the logs: `prompt` (as rendered
+    for the model), `completion`, `reward` (the weighted total the update sees) and each reward
+    function's own value (unweighted; token-level functions: the row's sum)."""
+    rows = []
+    for i in range(min(n, len(s.completions))):
+        row = {"prompt": s.prompts[i] if s.prompts else "", "completion": s.completions[i]}
+        row["reward"] = float(s.outcome_N[i])
+        row.update({name: float(v[i]) for name, v in s.per_fn.items()})
+        rows.append(row)
+    return rows
 
 
 def reward_metrics(s: Scores, smask_NT: np.ndarray, group: int) -> dict[str, float]:

@@ -24,12 +24,16 @@ import jax
 from jaxrl_lrm.checkpoint import Checkpointer, all_finite
 from jaxrl_lrm.config import Config, save_config
 from jaxrl_lrm.data.iterator import PromptIterator
-from jaxrl_lrm.train import resume
-from jaxrl_lrm.train.logging import MetricsLogger, plot_run
+from jaxrl_lrm.train import resume, wandb_sink
+from jaxrl_lrm.train.compile_cache import compile_stats
+from jaxrl_lrm.train.logging import MetricsLogger
+from jaxrl_lrm.train.plots import plot_run
 from jaxrl_lrm.train.programs import Programs
 from jaxrl_lrm.train.state import TrainState
 
 log = logging.getLogger(__name__)
+
+SAMPLES = "samples"  # a step's metrics may carry its sample table (host rows) under this key
 
 
 class TrainingDivergedError(RuntimeError):
@@ -44,7 +48,8 @@ class Stage:
       name: `rl`, `sft`, `dpo` or `reward_model` (recorded in checkpoint metadata).
       state: the fresh train state (replaced by the checkpoint's on resume).
       step: `(state, step_index) -> (new_state, metrics)`; it dispatches device work and may
-        return metrics that are still device arrays (fetched by the loop).
+        return metrics that are still device arrays (fetched by the loop), and under
+        `SAMPLES` a table of sample completions (host rows) to log with that step.
       data: the resumable data position.
       programs: the stage's jitted programs (their executables are counted).
       evaluate: `state -> metrics` on held-out data, or None.
@@ -172,7 +177,11 @@ def run(
             log.warning(finished)
         state, start = _restore(ckpt, stage) if ckpt is not None else (stage.state, 0)
         logger = MetricsLogger(
-            run_dir, total_steps=c.steps, enabled=is_main and not quiet, resume_step=start
+            run_dir,
+            total_steps=c.steps,
+            enabled=is_main and not quiet,
+            resume_step=start,
+            wandb=wandb_sink.settings(config) if is_main and not quiet else None,
         )
         end = c.steps if max_steps_this_run is None else min(c.steps, start + max_steps_this_run)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -200,28 +209,37 @@ def _steps(
     c = config.train
     start, end, deadline = span
     history: list[dict] = []
-    pending: tuple[int, dict, float] | None = None
+    pending: tuple[int, dict, float, list | None] | None = None
 
     def finish(item) -> dict:
-        done, metrics, t0 = item
+        done, metrics, t0, _ = item
         metrics = _fetch(metrics)
         _guard(done, metrics, ckpt)
         metrics["time/step_s"] = time.monotonic() - t0
         metrics["compile/count"] = float(stage.programs.compile_count())
+        metrics.update(compile_stats())
         return stage.post(metrics) if stage.post is not None else metrics
 
-    def record(done: int, metrics: dict) -> None:
+    def record(done: int, metrics: dict, samples: list | None) -> None:
         history.append({"step": done, **metrics})
+        if samples is not None:
+            logger.log_samples(done, samples)
         logger.log(done, metrics)
-        logger.progress(done, metrics, end - start, done - start)
+        if done % c.log_every == 0 or done == end:
+            logger.progress(done, metrics, end - start, done - start)
+        if done == start + 1:
+            log.info("first step done (compile/count %d)", metrics["compile/count"])
 
     for step in range(start, end):
         t0 = time.monotonic()
         if deadline is not None and t0 >= deadline:
             break
+        if step == start:
+            log.info("step %d/%d: compiling and running the first step", step + 1, c.steps)
         state, metrics = stage.step(state, step)
+        samples = metrics.pop(SAMPLES, None)  # host rows (a table of completions), or None
         if pending is not None:  # the previous step's metrics, fetched after this dispatch
-            record(pending[0], finish(pending))
+            record(pending[0], finish(pending), pending[3])
         done = step + 1
         evaluate = stage.evaluate is not None and (
             (c.eval_every and done % c.eval_every == 0) or (stage.eval_at_end and done == c.steps)
@@ -231,11 +249,12 @@ def _steps(
             or done == c.steps
             or (c.checkpoint_every and done % c.checkpoint_every == 0)
         )
-        pending = (done, metrics, t0)
+        pending = (done, metrics, t0, samples)
         if not (evaluate or save or done == end):
             continue
         metrics, pending = finish(pending), None
         if evaluate:
+            log.info("step %d: evaluating", done)
             metrics.update(stage.evaluate(state))
         if save:
             if not all_finite(state):
@@ -254,10 +273,10 @@ def _steps(
                     "stage": stage.name,
                 },
             )
-        record(done, metrics)
+        record(done, metrics, samples)
         if sigterm.flag:
             log.warning("SIGTERM: saved step %d, exiting", done)
             break
     if pending is not None:  # stopped by the deadline
-        record(pending[0], finish(pending))
+        record(pending[0], finish(pending), pending[3])
     return state, history

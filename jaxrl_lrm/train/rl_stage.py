@@ -23,7 +23,7 @@ from jaxrl_lrm.rewards.math import extract_answer
 from jaxrl_lrm.train import evaluation, host, setup
 from jaxrl_lrm.train.batch import Prompts
 from jaxrl_lrm.train.dapo import dapo_step
-from jaxrl_lrm.train.loop import Stage
+from jaxrl_lrm.train.loop import SAMPLES, Stage
 from jaxrl_lrm.train.programs import Programs, SamplingConfig, make_rl_programs
 from jaxrl_lrm.train.rl import rl_step
 from jaxrl_lrm.train.state import OptimizerConfig, TrainState, init_state, make_optimizer
@@ -251,6 +251,7 @@ def stage(s: RLSetup) -> Stage:
         else None
     )
     weights = {name: w for name, _, w in s.scalar_fns}
+    every = c.log.samples_every
 
     def prompts_and_score():
         rows = iterator.next_batch()
@@ -283,6 +284,8 @@ def stage(s: RLSetup) -> Stage:
             **host.reward_metrics(out.scores, out.mask_NT, G),
             "rows": float(len(out.mask_NT)),
         }
+        if every and (k + 1) % every == 0:
+            metrics[SAMPLES] = host.sample_table(out.scores, c.log.num_samples)
         return state, metrics
 
     def post(metrics: dict) -> dict:

@@ -7,6 +7,7 @@ DPO or reward-model training. Every stage writes the same run directory layout: 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from jaxrl_lrm import algorithms, checkpoint, models, sharding
@@ -16,9 +17,12 @@ from jaxrl_lrm.train import offline_stage, rl_stage, setup
 from jaxrl_lrm.train.loop import RunResult, run
 from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
 
+log = logging.getLogger(__name__)
+
 
 def train(config: Config, **kwargs) -> RunResult:
     """Runs the stage the config names, into `config.run_dir` (kwargs go to the stage)."""
+    log.info("loading: tokenizer, model, data and programs of the %s stage", config.stage)
     if config.stage == "rl":
         s = rl_stage.build(
             config, mesh=kwargs.pop("mesh", None), init_params=kwargs.pop("init_params", None)

@@ -50,7 +50,7 @@ def test_demo_pipeline_writes_its_summary(tmp_path, capsys):
         assert 0.0 <= summary[key] <= (1.0 if key != "seconds" else 1e4), key
     assert len(summary["rl_evals"]) == 2 and len(summary["control_evals"]) == 2
     assert summary["rl_accuracy"] == pytest.approx(sum(summary["rl_evals"]) / 2)
-    for name in ("reward.png", "demo.png", "config.yaml", "rl/metrics.jsonl"):
+    for name in ("run.png", "demo.png", "config.yaml", "rl/metrics.jsonl"):
         assert (run_dir / name).exists(), name
     assert "| GRPO with the verifiable reward |" in capsys.readouterr().out
     # a second run never resumes or overwrites the first

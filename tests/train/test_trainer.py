@@ -125,7 +125,7 @@ def test_failing_reward_function_does_not_stop_training(tmp_path):
 
 def test_run_dir_layout_and_metric_names(tmp_path):
     train.run_rl(smoke(), run_dir=tmp_path)
-    for name in ("config.yaml", "metrics.jsonl", "reward.png", "checkpoints", "tensorboard"):
+    for name in ("config.yaml", "metrics.jsonl", "run.png", "checkpoints", "tensorboard"):
         assert (tmp_path / name).exists(), name
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
