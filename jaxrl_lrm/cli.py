@@ -131,17 +131,6 @@ class _Elapsed(logging.Formatter):
         return super().format(record)
 
 
-def _prepare(config) -> None:
-    """What a command does before building anything: fail at once on a missing optional
-    dependency, and turn on the persistent compilation cache."""
-    from jaxrl_lrm.train import compile_cache, wandb_sink
-
-    if config.log.wandb:
-        wandb_sink.require()
-    path = compile_cache.enable(config.train.compile_cache, config.run_dir)
-    log.info("%s run into %s; compilation cache: %s", config.stage, config.run_dir, path or "off")
-
-
 def _train(args) -> int:
     from jaxrl_lrm.config import load_config
 
@@ -150,7 +139,6 @@ def _train(args) -> int:
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     config = load_config(args.config, overrides)
-    _prepare(config)
     if config.demo:
         from jaxrl_lrm.train.demo import run_demo
 
@@ -214,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"seed={args.seed}")
             from jaxrl_lrm.train.demo import run_demo
 
-            config = load_config(DEMO_CONFIG, overrides)
-            _prepare(config)
-            run_demo(config)
+            run_demo(load_config(DEMO_CONFIG, overrides))
         elif args.command == "eval":
             _init_distributed(args)
             metrics, samples, step, run_dir = evaluate_checkpoint(

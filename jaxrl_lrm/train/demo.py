@@ -24,7 +24,7 @@ import numpy as np
 from jaxrl_lrm.config import Config, save_config
 from jaxrl_lrm.offline import data as offline_data
 from jaxrl_lrm.offline import sft
-from jaxrl_lrm.train import loop, offline_stage, rl_stage
+from jaxrl_lrm.train import loop, offline_stage, rl_stage, stages
 from jaxrl_lrm.train.plots import plot_comparison, plot_run
 
 
@@ -145,6 +145,7 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
     """Runs the three stages and returns the summary written to `demo_summary.json`."""
     t_start = time.monotonic()
     run_dir = fresh_dir(Path(run_dir or config.run_dir))
+    stages.prepare(config, run_dir)
     out(f"[demo] run directory: {run_dir}")
     save_config(config, run_dir / "config.yaml")
     c = config

@@ -13,15 +13,26 @@ from pathlib import Path
 from jaxrl_lrm import algorithms, checkpoint, models, sharding
 from jaxrl_lrm.config import Config, load_config
 from jaxrl_lrm.offline.reward_model import build_reward_model
-from jaxrl_lrm.train import offline_stage, rl_stage, setup
+from jaxrl_lrm.train import compile_cache, offline_stage, rl_stage, setup, wandb_sink
 from jaxrl_lrm.train.loop import RunResult, run
 from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
 
 log = logging.getLogger(__name__)
 
 
+def prepare(config: Config, run_dir: str | Path | None = None) -> None:
+    """What a run does before building anything: fail at once on a missing optional dependency
+    (`log.wandb`), and turn on the persistent compilation cache (`train.compile_cache`)."""
+    if config.log.wandb:
+        wandb_sink.require()
+    run_dir = run_dir or config.run_dir
+    path = compile_cache.enable(config.train.compile_cache, run_dir)
+    log.info("%s run into %s; compilation cache: %s", config.stage, run_dir, path or "off")
+
+
 def train(config: Config, **kwargs) -> RunResult:
     """Runs the stage the config names, into `config.run_dir` (kwargs go to the stage)."""
+    prepare(config, kwargs.get("run_dir"))
     log.info("loading: tokenizer, model, data and programs of the %s stage", config.stage)
     if config.stage == "rl":
         s = rl_stage.build(
