@@ -144,13 +144,14 @@ def machine() -> dict:
     }
 
 
-def _unwrap(fn) -> tuple[Any, dict]:
-    """A jitted function and the keyword arguments bound to it by `functools.partial`."""
+def _unwrap(fn) -> tuple[Any, tuple, dict]:
+    """A jitted function and the positional and keyword arguments `functools.partial` bound."""
+    args: tuple = ()
     kwargs: dict = {}
     while isinstance(fn, functools.partial):
-        kwargs = {**fn.keywords, **kwargs}
+        args, kwargs = (*fn.args, *args), {**fn.keywords, **kwargs}
         fn = fn.func
-    return fn, kwargs
+    return fn, args, kwargs
 
 
 def cache_size(fn) -> int | None:
@@ -162,9 +163,12 @@ def cache_size(fn) -> int | None:
 
 def compiled_memory(fn, *args) -> dict:
     """`memory_analysis()` of a jitted function (or a partial of one) compiled for `args`:
-    `{"argument_size", "output_size", "temp_size", "alias_size"}` in bytes ({} if unknown)."""
-    jitted, kwargs = _unwrap(fn)
-    ma = jitted.lower(*args, **kwargs).compile().memory_analysis()
+    `{"argument_size", "output_size", "temp_size", "alias_size"}` in bytes ({} if unknown, or
+    when `fn` is not a jitted function)."""
+    jitted, bound, kwargs = _unwrap(fn)
+    if not hasattr(jitted, "lower"):  # not a jitted function (a closure over one)
+        return {}
+    ma = jitted.lower(*bound, *args, **kwargs).compile().memory_analysis()
     if ma is None:
         return {}
     return {
