@@ -1,7 +1,7 @@
 """The `jaxrl-lrm` command: train | eval | export | plan | demo | config show.
 
     jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR] [--allow-config-change]
-    jaxrl-lrm eval CONFIG.yaml --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
+    jaxrl-lrm eval [CONFIG.yaml] --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
     jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force]
     jaxrl-lrm plan CONFIG.yaml [--chips N] [--hbm-gib G] [key.path=value ...]
     jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_distributed(t)
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's held-out split")
-    e.add_argument("config")
+    e.add_argument("config", nargs="?", help="the settings to evaluate with (default: the run's)")
     e.add_argument("overrides", nargs="*")
     e.add_argument("--checkpoint", required=True, help="a run directory or its checkpoints/")
     e.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
@@ -100,14 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, overrides=()):
+def evaluate_checkpoint(config_path: str | None, checkpoint: str, step: int | None, overrides=()):
     """`(metrics, samples, step, run_dir)`: the policy of `checkpoint` (a run directory or its
     `checkpoints/`) evaluated with the settings of the CONFIG given (its `eval.*`, data and
-    reward functions); the model shape comes from the run's own config."""
+    reward functions; the run's own `config.yaml` when `config_path` is None); the model shape
+    comes from the run's own config."""
     from jaxrl_lrm.config import load_config
     from jaxrl_lrm.train import rl_stage, stages
 
     run_dir = stages.run_dir_of(checkpoint)
+    config_path = run_dir / "config.yaml" if config_path is None else config_path
     stage = load_config(run_dir / "config.yaml").stage
     if stage != "rl":
         raise ValueError(
@@ -116,8 +118,8 @@ def evaluate_checkpoint(config_path: str, checkpoint: str, step: int | None, ove
             "metrics are in its metrics.jsonl)"
         )
     config = load_config(config_path, list(overrides))
-    _, _, model, step = stages.restore_params(run_dir, step)
     s = rl_stage.build(config)
+    _, _, model, step = stages.restore_params(run_dir, step, mesh=s.mesh)
     metrics, samples = rl_stage.evaluate(s, model.params)
     return metrics, samples, step, run_dir
 
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if args.command == "eval" and args.config and "=" in args.config:  # no CONFIG, an override
+        args.config, args.overrides = None, [args.config, *args.overrides]
     handler = logging.StreamHandler()
     handler.setFormatter(_Elapsed("%(levelname)s [%(elapsed)6.1fs] %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxrl_lrm.data.templates import check_messages
+
 
 class PromptSource(Protocol):
     def __len__(self) -> int: ...
@@ -39,9 +41,14 @@ def _rename(row: dict, prompt_field: str, answer_field: str, where: str) -> dict
     # Numeric answers (`"answer": 42` in a JSON file) become text, as reward functions expect.
     if isinstance(answer, int | float | np.integer | np.floating) and not isinstance(answer, bool):
         answer = str(answer)
+    if answer is None:
+        raise ValueError(
+            f"{where}: field {answer_field!r} is null; expected the gold answer (a string or a "
+            "number): fill it in or drop the row"
+        )
     out["answer"] = answer
     if not isinstance(out["prompt"], str):
-        raise ValueError(f"{where}: field {prompt_field!r}={out['prompt']!r}: expected a string")
+        check_messages(out["prompt"], f"{where}: {prompt_field}")
     return out
 
 
@@ -118,6 +125,9 @@ class ParquetSource:
                     f"present: {sorted(names)}"
                 )
         self.prompt_field, self.answer_field = prompt_field, answer_field
+        if self.table.column(answer_field).null_count:  # refused at load, not when drawn
+            first = self.table.column(answer_field).to_pylist().index(None)
+            self[first]
 
     def __len__(self) -> int:
         return self.table.num_rows

@@ -15,6 +15,7 @@ import numpy as np
 from jaxrl_lrm import sampling
 from jaxrl_lrm.config import Config
 from jaxrl_lrm.data import sources
+from jaxrl_lrm.data.overlong import overlong_indices
 from jaxrl_lrm.data.templates import render_prompt
 
 
@@ -23,7 +24,7 @@ def make_render(config: Config, tokenizer) -> Callable[[str], str]:
     template = config.data.template
     if config.data.source == "task" and template == "auto":
         template = "plain"
-    return lambda question: render_prompt(question, tokenizer, template)
+    return lambda question: render_prompt(question, tokenizer, template, config.data.system)
 
 
 def read_rows(config: Config, split: str, target_field: str, extra: tuple[str, ...] = ()):
@@ -46,13 +47,12 @@ def read_rows(config: Config, split: str, target_field: str, extra: tuple[str, .
     return rows
 
 
-def check_prompt_lengths(pairs, tokenizer, render, prompt_len: int) -> None:
-    for prompt, _ in pairs:
-        n = len(tokenizer.encode(render(prompt)))
-        if n > prompt_len:
-            raise ValueError(
-                f"prompt of {n} tokens exceeds data.max_prompt_len={prompt_len}: {prompt[:80]!r}"
-            )
+def fit_prompts(items: list, tokenizer, render, prompt_len: int, overlong: str, what: str):
+    """`items` (tuples whose first entry is the prompt) with the prompts longer than
+    `prompt_len` after `render` handled by `overlong` (`data.overlong`: filter, truncate,
+    error; see `data.overlong.overlong_indices`)."""
+    length = lambda item: len(tokenizer.encode(render(item[0])))
+    return [items[i] for i in overlong_indices(items, length, prompt_len, overlong, what)]
 
 
 def encode_pairs(
@@ -61,10 +61,14 @@ def encode_pairs(
     prompt_len: int,
     completion_len: int,
     render: Callable[[str], str] = lambda s: s,
+    truncate: bool = False,
 ) -> dict:
     """NumPy `tokens_BL`, `attn_BL`, `loss_mask_BL` (L = prompt_len + completion_len) of
-    (prompt, completion) pairs: left-padded prompt, completion + EOS right-padded."""
+    (prompt, completion) pairs: left-padded prompt (`truncate`: its last `prompt_len` tokens),
+    completion + EOS right-padded."""
     prompts = [tokenizer.encode(render(p)) for p, _ in pairs]
+    if truncate:
+        prompts = [ids[-prompt_len:] for ids in prompts]
     ids_BP, mask_BP = sampling.left_pad(prompts, tokenizer.pad_id, bucket_sizes=[prompt_len])
     B, T = len(pairs), completion_len
     comp = np.full((B, T), tokenizer.pad_id, np.int32)
@@ -85,11 +89,13 @@ def encode_pairs(
     }
 
 
-def encode_checked(config: Config, pairs, tokenizer, render) -> dict:
-    """`encode_pairs` at `data.max_prompt_len` + `sampling.max_new_tokens`, prompts checked."""
+def encode_checked(config: Config, pairs, tokenizer, render, what: str = "prompts") -> dict:
+    """`encode_pairs` at `data.max_prompt_len` + `sampling.max_new_tokens`, overlong prompts
+    handled by `data.overlong`."""
     if not pairs:
         raise ValueError("no examples: the data source gave 0 (prompt, completion) pairs")
-    check_prompt_lengths(pairs, tokenizer, render, config.data.max_prompt_len)
+    P, overlong = config.data.max_prompt_len, config.data.overlong
+    pairs = fit_prompts(pairs, tokenizer, render, P, overlong, what)
     return encode_pairs(
-        pairs, tokenizer, config.data.max_prompt_len, config.sampling.max_new_tokens, render
+        pairs, tokenizer, P, config.sampling.max_new_tokens, render, overlong == "truncate"
     )

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxrl_lrm import losses
 from jaxrl_lrm.config import Config
-from jaxrl_lrm.offline.data import check_prompt_lengths, encode_pairs, read_rows
+from jaxrl_lrm.offline.data import encode_pairs, fit_prompts, read_rows
 from jaxrl_lrm.train.update import completion_logprobs
 
 
@@ -35,16 +35,28 @@ def read_pairs(config: Config, split: str) -> list[tuple[str, str, str]]:
 
 
 def encode_preferences(
-    triples, tokenizer, prompt_len: int, completion_len: int, render=lambda s: s
+    triples,
+    tokenizer,
+    prompt_len: int,
+    completion_len: int,
+    render=lambda s: s,
+    overlong: str = "error",
+    what: str = "preference prompts",
 ) -> dict:
-    """Chosen and rejected sequences in `sft.encode_pairs` layout, keys suffixed `_c` / `_r`."""
+    """Chosen and rejected sequences in `sft.encode_pairs` layout, keys suffixed `_c` / `_r`;
+    prompts over `prompt_len` handled by `overlong` (`data.overlong`)."""
     if not triples:
         raise ValueError("no preference pairs: the data source gave 0 rows")
-    check_prompt_lengths([(p, c) for p, c, _ in triples], tokenizer, render, prompt_len)
+    triples = fit_prompts(list(triples), tokenizer, render, prompt_len, overlong, what)
     out = {}
     for suffix, k in (("_c", 1), ("_r", 2)):
         enc = encode_pairs(
-            [(t[0], t[k]) for t in triples], tokenizer, prompt_len, completion_len, render
+            [(t[0], t[k]) for t in triples],
+            tokenizer,
+            prompt_len,
+            completion_len,
+            render,
+            overlong == "truncate",
         )
         out.update({f"{name}{suffix}": v for name, v in enc.items()})
     return out

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import multiprocessing
+import numbers
 import signal
 import threading
 import time
@@ -24,30 +25,59 @@ class _CallTimeout(Exception):
     pass
 
 
+class RewardFunctionError(RuntimeError):
+    """A reward function broke its contract (a wrong number of values, a value that is not a
+    finite number) or kept failing; the run stops with this error and its message."""
+
+
+class _Contract(Exception):
+    """A call's return value breaks the contract; never retried sample by sample."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CallResult:
     rewards: list[float]
     errors: int = 0
     timeouts: int = 0
     traceback: str | None = None
+    fatal: str | None = None  # a broken contract: the run stops
 
 
 def _alarm(signum, frame):
     raise _CallTimeout()
 
 
-def _valid(out, n: int) -> list[float]:
-    rewards = [float(x) for x in out]
-    if len(rewards) != n:
-        raise ValueError(f"reward function returned {len(rewards)} rewards for {n} completions")
-    return rewards
+def _is_number(x) -> bool:
+    # numbers.Real holds int, float, bool and NumPy's scalar types; a string such as "0.5" is
+    # not a number, and neither is None.
+    return isinstance(x, numbers.Real | np.bool_)
+
+
+def _valid(out, completions: list[str]) -> list[float]:
+    """`out` as `len(completions)` finite floats, else `_Contract` naming the bad value."""
+    n = len(completions)
+    if isinstance(out, str | bytes | dict) or not hasattr(out, "__len__"):
+        raise _Contract(f"returned {out!r:.200}; expected a list of {n} numbers")
+    values = list(out)
+    if len(values) != n:
+        raise _Contract(f"returned {len(values)} values for {n} completions: {values!r:.200}")
+    for i, x in enumerate(values):
+        if not _is_number(x) or not math.isfinite(float(x)):
+            kind = "a finite number" if _is_number(x) else f"a number, not {type(x).__name__}"
+            raise _Contract(
+                f"returned {x!r} for sample {i} (completion {completions[i]!r:.80}); "
+                f"expected {kind}"
+            )
+    return [float(x) for x in values]
 
 
 def _run_call(fn, prompts, completions, columns, timeout_s) -> _CallResult:
     """One call of `fn` on a chunk; a raising chunk is retried sample by sample.
 
-    The timeout is a SIGALRM on the whole call (retries included) when running in a main thread;
-    elsewhere (in-process mode off the main thread) the call runs unbounded.
+    `sys.exit` inside `fn` counts as raising (it must not end the trainer or a worker). A
+    return value of the wrong length or with a value that is not a finite number gives a
+    `fatal` result. The timeout is a SIGALRM on the whole call (retries included) when running
+    in a main thread; elsewhere (in-process mode off the main thread) the call runs unbounded.
     """
     n = len(completions)
     use_alarm = threading.current_thread() is threading.main_thread() and timeout_s is not None
@@ -56,29 +86,26 @@ def _run_call(fn, prompts, completions, columns, timeout_s) -> _CallResult:
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         try:
-            rewards = _valid(fn(prompts, completions, **columns), n)
-            bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
-            for i in bad:
-                rewards[i] = 0.0
-            tb = None if not bad else f"ValueError: non-finite reward at sample(s) {bad}"
-            return _CallResult(rewards=rewards, errors=len(bad), traceback=tb)
-        except _CallTimeout:
+            return _CallResult(rewards=_valid(fn(prompts, completions, **columns), completions))
+        except (_CallTimeout, _Contract):
             raise
-        except Exception:
+        except (Exception, SystemExit):
             first_tb = traceback.format_exc()
         rewards, errors = [], 0
         for i in range(n):
             cols = {k: v[i : i + 1] for k, v in columns.items()}
             try:
-                r = _valid(fn(prompts[i : i + 1], completions[i : i + 1], **cols), 1)[0]
-                ok = math.isfinite(r)
-            except _CallTimeout:
+                out = fn(prompts[i : i + 1], completions[i : i + 1], **cols)
+            except (_CallTimeout, _Contract):
                 raise
-            except Exception:
-                ok = False
-            rewards.append(r if ok else 0.0)
-            errors += not ok
+            except (Exception, SystemExit):
+                rewards.append(0.0)
+                errors += 1
+                continue
+            rewards.append(_valid(out, completions[i : i + 1])[0])
         return _CallResult(rewards=rewards, errors=errors, traceback=first_tb)
+    except _Contract as e:
+        return _CallResult(rewards=[0.0] * n, fatal=str(e))
     except _CallTimeout:
         return _CallResult(rewards=[0.0] * n, timeouts=n)
     finally:
@@ -95,7 +122,11 @@ class RewardExecutor:
     on (a failing call is retried sample by sample to find them), is counted in
     `stats["errors/<name>"]` and is logged once per function with its traceback; a call over
     `timeout_s` gives 0 to every sample of that call, counted in `stats["timeouts/<name>"]`.
-    A worker that does not come back at all (stuck in C code) is killed and the pool rebuilt.
+    A worker that does not come back at all (stuck in C code) is killed and the pool rebuilt;
+    one that dies (`os._exit`, a signal) counts as errors on its call's samples. `sys.exit`
+    inside a function counts as raising. A function that returns the wrong number of values,
+    or a value that is not a finite number (a string such as "0.5", None, NaN), raises
+    `RewardFunctionError` naming the value.
 
     Calls are chunks of `chunk_size` samples; when `columns` has `group_size`, chunks are
     multiples of it so that group-level rewards (majority vote) see whole groups.
@@ -138,6 +169,7 @@ class RewardExecutor:
         self._pool: cf.ProcessPoolExecutor | None = None
         self._logged: set[str] = set()
         self._submitter = cf.ThreadPoolExecutor(max_workers=1)
+        self.tracebacks: dict[str, str] = {}  # name -> the first traceback of the last `score`
 
     def _get_pool(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -207,13 +239,21 @@ class RewardExecutor:
         stats = {
             f"{k}/{name}": 0.0 for name, _, _ in self.reward_fns for k in ("errors", "timeouts")
         }
+        self.tracebacks = {}
         for (name, _, s), res in zip(calls, results):
+            if res.fatal is not None:
+                raise RewardFunctionError(
+                    f"reward function {name!r} {res.fatal}; stopping (a reward function returns "
+                    "one finite number per completion)"
+                )
             per_fn[name][s] = res.rewards
             stats[f"errors/{name}"] += res.errors
             stats[f"timeouts/{name}"] += res.timeouts
-            if res.traceback and name not in self._logged:
-                self._logged.add(name)
-                _log.error("reward function %r raised (logged once):\n%s", name, res.traceback)
+            if res.traceback:
+                self.tracebacks.setdefault(name, res.traceback)
+                if name not in self._logged:
+                    self._logged.add(name)
+                    _log.error("reward function %r raised (logged once):\n%s", name, res.traceback)
         total = np.zeros(n, np.float32)
         for name, _, weight in self.reward_fns:
             total += np.float32(weight) * per_fn[name]
@@ -228,14 +268,20 @@ class RewardExecutor:
         # Each call bounds itself with SIGALRM; this backstop catches a worker stuck in C code.
         waves = math.ceil(len(args) / self.num_workers)
         cf.wait(futures, timeout=waves * self.timeout_s + 5.0)
-        results, hung = [], False
+        results, broken = [], False
         for a, fut in zip(args, futures):
+            n = len(a[2])
+            if not fut.done():  # still running: stuck where SIGALRM cannot reach it
+                broken = True
+                results.append(_CallResult(rewards=[0.0] * n, timeouts=n))
+                continue
             try:
-                results.append(fut.result(timeout=0))
-            except Exception:  # still running, or the pool broke under it
-                hung = True
-                results.append(_CallResult(rewards=[0.0] * len(a[2]), timeouts=len(a[2])))
-        if hung:
+                results.append(fut.result())
+            except (Exception, SystemExit) as e:  # the worker died (os._exit, a signal, OOM)
+                broken = True
+                tb = f"the worker process scoring this call died: {type(e).__name__}: {e}"
+                results.append(_CallResult(rewards=[0.0] * n, errors=n, traceback=tb))
+        if broken:
             _log.warning("reward executor: a worker did not return; rebuilding the pool")
             self._kill_pool()
         return results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ from jaxrl_lrm import sampling
 from jaxrl_lrm.algorithms import zero_variance_group_frac
 from jaxrl_lrm.data.templates import render_prompt
 from jaxrl_lrm.rewards.dense import char_rewards_to_tokens, is_token_level
+from jaxrl_lrm.rewards.executor import RewardFunctionError
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,23 @@ class Text:
     tokenizer: object
     template: str
     prompt_len: int
+    system: str | None = None  # `data.system`
+    truncate: bool = False  # keep an overlong prompt's last `prompt_len` tokens
 
-    def render(self, question: str) -> str:
-        return render_prompt(question, self.tokenizer, self.template)
+    def render(self, question: str | list[dict]) -> str:
+        return render_prompt(question, self.tokenizer, self.template, self.system)
+
+    def prompt_length(self, row: dict) -> int:
+        """Tokens of `row`'s prompt after the template (what `data.overlong` measures)."""
+        return len(self.tokenizer.encode(self.render(row["prompt"])))
 
     def encode(self, rows: list[dict], repeat: int = 1) -> tuple[list[str], np.ndarray, np.ndarray]:
         """`(prompt texts, ids [N*repeat, P], mask [N*repeat, P])`, left-padded to P, each
         row repeated `repeat` times (a group)."""
         texts = [self.render(r["prompt"]) for r in rows]
         ids = [self.tokenizer.encode(t) for t in texts]
+        if self.truncate:
+            ids = [i[-self.prompt_len :] for i in ids]
         for t, i in zip(texts, ids):
             if len(i) > self.prompt_len:
                 raise ValueError(
@@ -106,33 +116,35 @@ def dense_rewards(
     prompts: list[str],
     cols: dict,
     token_fns: list[RewardFn],
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
-    """Token-level rewards: `(dense_NT float32, {name: [N] row sums}, {"errors/<name>": n})`.
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float], dict[str, str]]:
+    """Token-level rewards: `(dense_NT float32, {name: [N] row sums}, {"errors/<name>": n},
+    {name: traceback})`.
 
     Each `(name, fn, weight)` is called as `fn(prompts, completions, **cols)`; its pairs are
     placed on the completion's tokens (over the ids `Text.decode` keeps: masked and inside the
-    tokenizer's vocabulary) and `weight * reward` is added. A function that raises, or returns
-    the wrong number of rows, gives 0 for the batch, counted and logged once."""
+    tokenizer's vocabulary) and `weight * reward` is added. A function that raises gives 0 for
+    the batch, counted and logged once; one that returns the wrong number of rows raises
+    `RewardFunctionError`."""
     N = len(completions)
     dense = np.zeros(toks_NT.shape, np.float32)
-    per_fn, errors = {}, {}
+    per_fn, errors, tracebacks = {}, {}, {}
     keep_NT = (smask_NT != 0) & (toks_NT < tokenizer.vocab_size)
     for name, fn, weight in token_fns:
         try:
             out = fn(prompts, completions, **cols)
-            if len(out) != N:
-                raise ValueError(
-                    f"token-level reward {name!r} returned {len(out)} entries for "
-                    f"{N} completions: expected one list of (char_end, reward) per "
-                    "completion"
-                )
-        except Exception:
+        except (Exception, SystemExit):
             errors[f"errors/{name}"] = float(N)
+            tracebacks[name] = traceback.format_exc()
             if name not in _LOGGED:
                 _LOGGED.add(name)
                 log.exception("token-level reward function %r raised (logged once)", name)
             per_fn[name] = np.zeros(N, np.float32)
             continue
+        if not hasattr(out, "__len__") or len(out) != N:
+            raise RewardFunctionError(
+                f"token-level reward function {name!r} returned {out!r:.200} for {N} "
+                "completions; expected one list of (char_end, reward) pairs per completion"
+            )
         sums = np.zeros(N, np.float32)
         for i, pairs in enumerate(out):
             if pairs:
@@ -141,7 +153,34 @@ def dense_rewards(
                 dense[i, cols_i] += np.float32(weight) * r
                 sums[i] = r.sum()
         per_fn[name] = sums
-    return dense, per_fn, errors
+    return dense, per_fn, errors, tracebacks
+
+
+@dataclasses.dataclass
+class RewardGuard:
+    """Stops a run whose reward function keeps failing: more than `max_error_frac` of a
+    scored batch's samples raising or timing out, in `max_bad_steps` batches in a row."""
+
+    max_error_frac: float
+    max_bad_steps: int
+    streaks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def check(self, stats: dict[str, float], n: int, tracebacks: dict[str, str]) -> None:
+        names = {k.split("/", 1)[1] for k in stats if k.startswith(("errors/", "timeouts/"))}
+        for name in sorted(names):
+            errors, timeouts = stats.get(f"errors/{name}", 0.0), stats.get(f"timeouts/{name}", 0.0)
+            bad = (errors + timeouts) > self.max_error_frac * n
+            self.streaks[name] = self.streaks.get(name, 0) + 1 if bad else 0
+            if self.streaks[name] >= self.max_bad_steps:
+                tb = tracebacks.get(name) or "(no traceback: its calls timed out)"
+                raise RewardFunctionError(
+                    f"reward function {name!r} failed on {errors + timeouts:.0f} of {n} samples "
+                    f"({errors:.0f} errors, {timeouts:.0f} timeouts), more than "
+                    f"rewards.max_error_frac={self.max_error_frac} of them, in "
+                    f"{self.streaks[name]} scored batches in a row "
+                    f"(rewards.max_bad_steps={self.max_bad_steps}); stopping. Its last "
+                    f"traceback:\n{tb}"
+                )
 
 
 def score(
@@ -153,21 +192,28 @@ def score(
     prompts: list[str],
     toks_NT: np.ndarray,
     smask_NT: np.ndarray,
+    guard: RewardGuard | None = None,
 ) -> Scores:
-    """Decodes completions and scores them with every reward function."""
+    """Decodes completions and scores them with every reward function (`guard` stops a run
+    whose functions keep failing)."""
     completions = text.decode(toks_NT, smask_NT)
     cols = columns(rows, group, smask_NT)
+    tracebacks = {}
     if executor is not None:
         total, per_fn, stats = executor.score(prompts, completions, cols)
+        tracebacks = dict(executor.tracebacks)
     else:  # only token-level rewards are configured
         total, per_fn, stats = np.zeros(len(prompts), np.float32), {}, {}
     dense = None
     if token_fns:
-        dense, sums, errors = dense_rewards(
+        dense, sums, errors, dense_tbs = dense_rewards(
             text.tokenizer, toks_NT, smask_NT, completions, prompts, cols, token_fns
         )
         per_fn = {**per_fn, **sums}
         stats = {**stats, **errors}
+        tracebacks.update(dense_tbs)
+    if guard is not None:
+        guard.check(stats, len(completions), tracebacks)
     return Scores(
         total_N=np.asarray(total, np.float32),
         dense_NT=dense,

@@ -236,7 +236,12 @@ def _steps(
             break
         if step == start:
             log.info("step %d/%d: compiling and running the first step", step + 1, c.steps)
-        state, metrics = stage.step(state, step)
+        try:
+            state, metrics = stage.step(state, step)
+        except Exception:
+            if pending is not None:  # the last finished step is logged before the error
+                record(pending[0], finish(pending), pending[3])
+            raise
         samples = metrics.pop(SAMPLES, None)  # host rows (a table of completions), or None
         if pending is not None:  # the previous step's metrics, fetched after this dispatch
             record(pending[0], finish(pending), pending[3])

@@ -146,12 +146,16 @@ def sft_stage(config: Config, mesh) -> loop.Stage:
     task, tokenizer, model = setup.build_model(config, mesh)
     render = offline_data.make_render(config, tokenizer)
     train_data = offline_data.encode_checked(
-        config, sft.sft_pairs(config, task, "train"), tokenizer, render
+        config, sft.sft_pairs(config, task, "train"), tokenizer, render, "train prompts"
     )
     eval_data = None
     if _has_eval(config):
         pairs = sft.sft_pairs(config, task, "eval")
-        eval_data = offline_data.encode_checked(config, pairs, tokenizer, render) if pairs else None
+        eval_data = (
+            offline_data.encode_checked(config, pairs, tokenizer, render, "eval prompts")
+            if pairs
+            else None
+        )
     mc = model.config
     objective = Objective(
         loss=lambda p, _, b, d: sft.sft_loss(p, mc, b, d),
@@ -197,7 +201,9 @@ def dpo_stage(config: Config, mesh, *, label_smoothing: float = 0.0) -> loop.Sta
     P, T = config.data.max_prompt_len, config.sampling.max_new_tokens
 
     def encode(split):
-        return dpo.encode_preferences(dpo.read_pairs(config, split), tokenizer, P, T, render)
+        triples = dpo.read_pairs(config, split)
+        o = config.data.overlong
+        return dpo.encode_preferences(triples, tokenizer, P, T, render, o, f"{split} prompts")
 
     ref = setup.reference_params(config, model.params)
     kw = dict(prompt_len=P, beta=beta, label_smoothing=label_smoothing)
@@ -227,7 +233,9 @@ def reward_model_stage(config: Config, mesh) -> loop.Stage:
     P, T = config.data.max_prompt_len, config.sampling.max_new_tokens
 
     def encode(split):
-        return dpo.encode_preferences(dpo.read_pairs(config, split), tokenizer, P, T, render)
+        triples = dpo.read_pairs(config, split)
+        o = config.data.overlong
+        return dpo.encode_preferences(triples, tokenizer, P, T, render, o, f"{split} prompts")
 
     mc = model.config
     objective = Objective(

@@ -14,9 +14,10 @@ from typing import Any
 import jax
 
 from jaxrl_lrm import algorithms, losses, sharding
-from jaxrl_lrm.config import Config
+from jaxrl_lrm.config import Config, ConfigError
 from jaxrl_lrm.data import sources
 from jaxrl_lrm.data.iterator import PromptIterator
+from jaxrl_lrm.data.overlong import fit_source
 from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.rewards.executor import RewardExecutor
 from jaxrl_lrm.rewards.math import extract_answer
@@ -47,6 +48,7 @@ class RLSetup:
     token_fns: list[host.RewardFn]
     train_rows: Any
     eval_rows: Any
+    eval_fn: host.RewardFn | str  # the correctness function, or why there is none
     programs: Programs
     state: TrainState
     ref_params: Any
@@ -101,6 +103,46 @@ def _update_config(config: Config, spec, model_config, prompt_len: int):
     return cfg, schedule
 
 
+def load_rows(config: Config, text: host.Text, split: str):
+    """The train or eval rows, every prompt measured once: those over `data.max_prompt_len`
+    are filtered, kept for truncation or refused (`data.overlong`), with a count in the log."""
+    src = sources.make_source(config.data, split, seed=config.seed)
+    d = config.data
+    return fit_source(src, text.prompt_length, d.max_prompt_len, d.overlong, f"{split} prompts")
+
+
+# A reward function whose name holds one of these says it checks correctness.
+CORRECTNESS_WORDS = ("accuracy", "correct", "verif", "unit_test")
+
+
+def eval_reward(config: Config, scalar_fns: list[host.RewardFn]) -> host.RewardFn | str:
+    """The reward function evaluation counts correct at >= 0.5: `eval.reward`; else the first
+    scalar function named `task` or whose name holds one of `CORRECTNESS_WORDS`; else the only
+    function `rewards.functions` lists. Without one, the reason (evaluation raises it).
+
+    Raises:
+      ConfigError: `eval.reward` names no scalar reward function of the run.
+    """
+    names = [name for name, _, _ in scalar_fns]
+    if config.eval.reward is not None:
+        if config.eval.reward not in names:
+            raise ConfigError(
+                f"eval.reward={config.eval.reward!r}: expected the name of one of the run's "
+                f"scalar reward functions {names}"
+            )
+        return scalar_fns[names.index(config.eval.reward)]
+    for fn in scalar_fns:
+        if fn[0] == "task" or any(w in fn[0] for w in CORRECTNESS_WORDS):
+            return fn
+    if len(config.rewards.functions) == 1 and scalar_fns:
+        return scalar_fns[0]
+    return (
+        f"evaluation needs a correctness function and none of the scalar reward functions "
+        f"{names} says it is one (a name 'task' or holding one of {CORRECTNESS_WORDS}); set "
+        "eval.reward to one of them"
+    )
+
+
 def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     """Everything an RL run needs, from its config (`init_params` replaces the initial policy
     and reference, e.g. an SFT checkpoint)."""
@@ -113,7 +155,12 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     spec = algorithms.resolve(c.algorithm)
     scalar_fns, token_fns = host.split_reward_fns(setup.build_rewards(c, task, mesh))
     template = "plain" if task is not None and c.data.template == "auto" else c.data.template
-    text = host.Text(tokenizer, template, c.data.max_prompt_len)
+    P, truncate = c.data.max_prompt_len, c.data.overlong == "truncate"
+    text = host.Text(tokenizer, template, P, system=c.data.system, truncate=truncate)
+    train_rows, eval_rows = (load_rows(c, text, split) for split in sources.SPLITS)
+    eval_fn = eval_reward(c, scalar_fns)
+    if isinstance(eval_fn, str) and c.train.eval_every:
+        raise ConfigError(f"train.eval_every={c.train.eval_every}: {eval_fn}")
     ucfg, schedule = _update_config(c, spec, policy.config, c.data.max_prompt_len)
     value_params = (
         setup.build_value_params(c, policy.replace(params=params), mesh)
@@ -159,8 +206,9 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         spec=spec,
         scalar_fns=scalar_fns,
         token_fns=token_fns,
-        train_rows=sources.make_source(c.data, "train", seed=c.seed),
-        eval_rows=sources.make_source(c.data, "eval", seed=c.seed),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        eval_fn=eval_fn,
         programs=programs,
         state=state,
         ref_params=ref,
@@ -197,15 +245,15 @@ def complete(
 
 
 def correct(s: RLSetup, rows: list[dict], completions: list[str]) -> list[bool]:
-    """Correctness for evaluation: the first scalar reward function gives >= 0.5."""
-    if not s.scalar_fns:
-        raise ValueError(
-            "evaluation needs a scalar reward function (rewards.functions lists "
-            "only token-level ones)"
-        )
-    _, fn, _ = s.scalar_fns[0]
+    """Correctness for evaluation: the run's correctness function (`eval_reward`) gives >= 0.5
+    (called as in training: rendered prompts, the rows' columns)."""
+    if isinstance(s.eval_fn, str):
+        raise ConfigError(s.eval_fn)
+    _, fn, _ = s.eval_fn
     cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-    return [float(x) >= 0.5 for x in fn([r["prompt"] for r in rows], completions, **cols)]
+    return [
+        float(x) >= 0.5 for x in fn([s.text.render(r["prompt"]) for r in rows], completions, **cols)
+    ]
 
 
 def extract(s: RLSetup, completion: str):
@@ -252,13 +300,14 @@ def stage(s: RLSetup) -> Stage:
     )
     weights = {name: w for name, _, w in s.scalar_fns}
     every = c.log.samples_every
+    guard = host.RewardGuard(c.rewards.max_error_frac, c.rewards.max_bad_steps)
 
     def prompts_and_score():
         rows = iterator.next_batch()
         texts, ids, mask = s.text.encode(rows, G)
         prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
         return prompts, lambda toks, m: host.score(
-            s.text, executor, s.token_fns, rows, G, texts, toks, m
+            s.text, executor, s.token_fns, rows, G, texts, toks, m, guard
         )
 
     def step(state: TrainState, k: int):

@@ -106,7 +106,7 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
     toks = np.array([[4, 3, 4, 1, 0], [3, 999, 4, 4, 0], [4, 4, 4, 4, 4]])
     mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
     comps = ["101", "011", "11"]  # id 999 is past the vocabulary: decodes to nothing
-    d, sums, errors = host.dense_rewards(
+    d, sums, errors, _ = host.dense_rewards(
         tok, toks, mask, comps, ["p"] * 3, {}, [("ones", dense_toy.every_char, 0.5)]
     )
     want = 0.5 * np.float32([[1, 0, 1, 0, 0], [0, 0, 1, 1, 0], [1, 1, 0, 0, 0]])
@@ -119,7 +119,7 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
         raise RuntimeError("broken on purpose")
 
     broken.token_level = True
-    d, sums, errors = host.dense_rewards(
+    d, sums, errors, tracebacks = host.dense_rewards(
         tok,
         toks,
         mask,
@@ -130,6 +130,7 @@ def test_dense_rewards_batch_and_the_session_split(tmp_path):
     )
     np.testing.assert_array_equal(d, want)
     assert errors == {"errors/broken": 3.0} and not sums["broken"].any()
+    assert "broken on purpose" in tracebacks["broken"]
 
     # scalar functions go to the executor; token-level ones stay in the trainer's process
     cfg = load_config(

@@ -37,3 +37,8 @@ def ones_fraction_odd_prompts(prompts, completions, **_):
         c.count("1") / max(len(c), 1) if p[:1].isdigit() and int(p[0]) % 2 else 0.0
         for p, c in zip(prompts, completions)
     ]
+
+
+def exits_zero(prompts, completions, **_):
+    """A reward function that ends its process with status 0 (it must not end training)."""
+    raise SystemExit(0)
