@@ -88,7 +88,12 @@ class DataSection:
         chosen_field: the column holding the preferred response (DPO, reward model).
         rejected_field: the column holding the rejected response (DPO, reward model).
         template: how prompts are rendered: `auto`, `chat`, `r1` or `plain`.
+        system: a system prompt; `chat`: a system message before the row's messages, `r1`:
+            replaces the default instructions, `plain`: written before the question.
         max_prompt_len (>= 1): prompt length in tokens (prompts are left-padded to it).
+        overlong: prompts longer than `max_prompt_len` (measured after the template when the
+            data is loaded, with a count in the log): `filter` drops them, `truncate` keeps
+            their last `max_prompt_len` tokens, `error` stops.
         eval_size (>= 0): held-out rows evaluated (and, without `eval_split`, held out).
     """
 
@@ -105,7 +110,9 @@ class DataSection:
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
     template: str = "auto"
+    system: str | None = None
     max_prompt_len: int = 64
+    overlong: str = "filter"
     eval_size: int = 128
 
     def __post_init__(self):
@@ -114,6 +121,8 @@ class DataSection:
         check(self.source in sources, "data.source", self.source, f"one of {sources}")
         templates = ("auto", "chat", "r1", "plain")
         check(self.template in templates, "data.template", self.template, f"one of {templates}")
+        modes = ("filter", "truncate", "error")
+        check(self.overlong in modes, "data.overlong", self.overlong, f"one of {modes}")
         if self.source != "task":
             check(self.path is not None, "data.path", None, f"a path for source {self.source!r}")
 
@@ -185,11 +194,17 @@ class RewardsSection:
         functions: the reward functions, summed with their weights (see below).
         num_workers (>= 0): processes scoring in a pool; 0: score in-process.
         timeout_s (> 0): seconds one reward call may take before it scores 0.
+        max_error_frac (0 <= x <= 1): a scored batch is bad for a function when more than this
+            share of its samples raised or timed out; 1: never.
+        max_bad_steps (>= 1): bad batches in a row (per function) that stop the run with the
+            function's traceback.
     """
 
     functions: tuple[RewardSpec, ...] = ()
     num_workers: int = 0
     timeout_s: float = 10.0
+    max_error_frac: float = 0.5
+    max_bad_steps: int = 3
 
     def __post_init__(self):
         check_ranges(self, "rewards")
@@ -203,11 +218,15 @@ class EvalSection:
         num_prompts (>= 0): held-out prompts evaluated.
         k (>= 0): samples per prompt for pass@k / maj@k; 0: greedy accuracy only.
         temperature (>= 0): sampling temperature of the k samples; 0: greedy.
+        reward: the name of the reward function that says a completion is correct (>= 0.5);
+            null: the first named `task` or holding `accuracy`, `correct`, `verif` or
+            `unit_test`, else the only function listed.
     """
 
     num_prompts: int = 64
     k: int = 4
     temperature: float = 1.0
+    reward: str | None = None
 
     def __post_init__(self):
         check_ranges(self, "eval")

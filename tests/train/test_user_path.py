@@ -39,19 +39,16 @@ def test_system_prompt_and_conversations_match_transformers(tmp_path):
     ]
     data = _jsonl(tmp_path / "c.jsonl", [{"prompt": c, "answer": "1"} for c in convs])
     system = "Answer with a number."
-    cfg = load_config(
-        SMOKE,
+    cfg = load_config(  # the README's "your checkpoint + your JSONL" config
+        ROOT / "configs" / "own_data.yaml",
         ONE_DEVICE
         + [
             f"model.path={QWEN2}",
-            "model.preset=null",
-            "model.overrides={}",
-            "data.source=jsonl",
+            "model.dtype=float32",
             f"data.path={data}",
             f"data.system={system}",
             "data.max_prompt_len=160",
             "data.eval_size=2",
-            "rewards.functions=[{fn: math_accuracy}]",
         ],
     )
     s = rl_stage.build(cfg)
