@@ -14,7 +14,9 @@ from jaxrl_lrm import train
 from jaxrl_lrm.cli import main as cli_main
 from jaxrl_lrm.config import ConfigError, load_config
 from jaxrl_lrm.data.overlong import KeptSource
-from jaxrl_lrm.train import rl_stage
+from jaxrl_lrm.data.tokenizer import CharTokenizer
+from jaxrl_lrm.offline import data as offline_data
+from jaxrl_lrm.train import host, rl_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -136,3 +138,19 @@ def test_eval_command_uses_the_config_it_is_given(tmp_path, capsys):
     assert "missing.yaml' does not exist" in capsys.readouterr().err
     assert cli_main(["eval", str(given), both, "eval.reward=nope", "--checkpoint", str(run)]) == 2
     assert "eval.reward='nope'" in capsys.readouterr().err
+
+
+def test_truncate_keeps_the_last_tokens_in_rl_and_offline_encoding():
+    tok = CharTokenizer("0123456789+=")
+    text = host.Text(tok, "plain", 4, truncate=True)
+    _, ids, mask = text.encode([{"prompt": "12+34="}, {"prompt": "5="}])
+    assert [list(r[m == 1]) for r, m in zip(ids, mask)] == [tok.encode("+34="), tok.encode("5=")]
+    with pytest.raises(ValueError, match="6 tokens exceeds data.max_prompt_len=4"):
+        host.Text(tok, "plain", 4).encode([{"prompt": "12+34="}])
+    pairs = [("12+34=", "46"), ("5=", "5")]
+    cfg = load_config(SMOKE, ["data.max_prompt_len=4", "data.overlong=truncate"])
+    enc = offline_data.encode_checked(cfg, pairs, tok, lambda q: q)
+    assert list(enc["tokens_BL"][0, :4]) == tok.encode("+34=")
+    filtered = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, overlong="filter"))
+    enc = offline_data.encode_checked(filtered, pairs, tok, lambda q: q)
+    assert enc["tokens_BL"].shape[0] == 1 and list(enc["tokens_BL"][0, 2:4]) == tok.encode("5=")
