@@ -268,16 +268,8 @@ def _steps(
                     f"last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is "
                     "untouched."
                 )
-            ckpt.save(
-                done,
-                state,
-                {
-                    "step": done,
-                    "data": stage.data.state(),
-                    "seed": config.seed,
-                    "stage": stage.name,
-                },
-            )
+            meta = {"step": done, "data": stage.data.state(), "seed": config.seed}
+            ckpt.save(done, state, {**meta, "stage": stage.name})
         record(done, metrics, samples)
         if sigterm.flag:
             log.warning("SIGTERM: saved step %d, exiting", done)
