@@ -2,7 +2,7 @@
 
     jaxrl-lrm train CONFIG.yaml [key.path=value ...] [--run-dir DIR] [--allow-config-change]
     jaxrl-lrm eval [CONFIG.yaml] --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
-    jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force]
+    jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force] [--format hf|peft]
     jaxrl-lrm plan CONFIG.yaml [--chips N] [--hbm-gib G] [key.path=value ...]
     jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
     jaxrl-lrm config show CONFIG.yaml [key.path=value ...]   # the resolved config, as YAML
@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("out_dir")
     x.add_argument("--step", type=int)
     x.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    x.add_argument(
+        "--format",
+        choices=("hf", "peft"),
+        default="hf",
+        help="hf: a Hugging Face checkpoint (LoRA merged); peft: a LoRA run's adapter directory",
+    )
     c = sub.add_parser("config", help="show the resolved config").add_subparsers(
         dest="action", required=True
     )
@@ -117,7 +123,8 @@ def evaluate_checkpoint(config_path: str | None, checkpoint: str, step: int | No
             f"{str(run_dir)!r} is a stage={stage!r} run (its held-out "
             "metrics are in its metrics.jsonl)"
         )
-    config = load_config(config_path, list(overrides))
+    # LoRA runs come back merged, so the evaluation's programs take whole models (rank 0)
+    config = load_config(config_path, [*overrides, "model.lora.rank=0", "model.lora.path=null"])
     s = rl_stage.build(config)
     _, _, model, step = stages.restore_params(run_dir, step, mesh=s.mesh)
     metrics, samples = rl_stage.evaluate(s, model.params)
@@ -169,7 +176,7 @@ def _export(args) -> None:
             + ("" if out.is_file() else " or pass --force to write into it")
         )
     run_dir = stages.run_dir_of(args.checkpoint)
-    step = stages.export(run_dir, args.out_dir, args.step)
+    step = stages.export(run_dir, args.out_dir, args.step, format=args.format)
     print(f"exported step {step} of {run_dir} to {args.out_dir}")
 
 

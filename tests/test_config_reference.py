@@ -12,6 +12,8 @@ from jaxrl_lrm.config import (
     AlgorithmSection,
     Config,
     ConfigError,
+    LoraSection,
+    ModelSection,
     RewardSpec,
     check_ranges,
     key_docs,
@@ -42,6 +44,10 @@ def test_every_key_appears_on_the_page():
         for f in (dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else [None])
     ]
     keys += [f"rewards.functions[].{f.name}" for f in dataclasses.fields(RewardSpec)]
+    nested = {"model.lora": ModelSection.__dataclass_fields__["lora"]}  # sections in sections
+    for name in nested:
+        keys.remove(name)
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(LoraSection)]
     assert len(keys) > 80 and "train.min_lr_ratio" in keys
     assert [k for k in keys if f"| `{k}` |" not in text] == []
 

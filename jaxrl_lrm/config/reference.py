@@ -49,7 +49,9 @@ def _default(f: dataclasses.Field) -> str:
     else:
         return "required"
     if value is None or isinstance(value, bool | dict | tuple | list):
-        text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value)
+        text = yaml.safe_dump(
+            list(value) if isinstance(value, tuple) else value, default_flow_style=True, width=999
+        )
         return f"`{text.strip().removesuffix('...').strip()}`"
     return f"`{value!r}`" if isinstance(value, float) else f"`{value}`"
 
@@ -78,6 +80,11 @@ def reference() -> str:
             summary = summary.removeprefix(f"`{f.name}.*`: ")
             summary = summary[:1].upper() + summary[1:]
             out += [f"## `{f.name}`", "", summary, "", *_table(cls, f"{f.name}."), ""]
+            for sub in dataclasses.fields(cls):  # a nested section (`model.lora`)
+                inner = typing.get_type_hints(cls)[sub.name]
+                if dataclasses.is_dataclass(inner):
+                    name = f"{f.name}.{sub.name}"
+                    out += [f"### `{name}`", "", *_table(inner, f"{name}."), ""]
             if f.name == "rewards":
                 out += [f"Each entry of `rewards.functions`: {key_docs(cls)['functions'].doc}", ""]
                 out += [*_table(RewardSpec, "rewards.functions[]."), ""]

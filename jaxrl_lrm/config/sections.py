@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
+from jaxrl_lrm.models import lora
 from jaxrl_lrm.models.config import PRESETS, REMAT_MODES, ModelConfig
 
 DEFAULT_PRESET = "tiny"  # the model when neither `model.preset` nor `model.path` is given
@@ -15,6 +16,33 @@ _SET_ELSEWHERE = {
     "remat": "model.remat",
     "vocab_size": None,
 }  # None: allowed (from tokenizer)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraSection:
+    """`model.lora.*`: LoRA adapters instead of full fine-tuning ([LoRA](lora.md)).
+
+    Attributes:
+        rank (>= 0): the adapters' rank; 0: no LoRA (every parameter is trained).
+        alpha (> 0): the adapters' scale is `alpha / rank` (PEFT's `lora_alpha`).
+        targets: the projections that get adapters, a subset of `wq wk wv wo` (attention) and
+            `w_gate w_up w_down` (MLP); all seven by default.
+        path: a PEFT adapter directory to start from (its rank, alpha and targets must equal
+            these); null: fresh adapters (A random, B zero, so step 0 is the base model).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = lora.TARGETS
+    path: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, "model.lora")
+        try:
+            lora.check_targets(self.targets)
+        except ValueError:
+            check(False, "model.lora.targets", list(self.targets), f"a subset of {lora.TARGETS}")
+        check(self.path is None or self.rank > 0, "model.lora.path", self.path, "null at rank 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,10 +57,12 @@ class ModelSection:
             with a preset (an error with `model.path`). `vocab_size` defaults to the tokenizer's.
         dtype: parameter and compute dtype of the policy, `float32` or `bfloat16`.
         ref_dtype: dtype of the frozen reference copy; null: same as `model.dtype`
-            (`bfloat16` halves the reference's memory).
+            (`bfloat16` halves the reference's memory). Null with LoRA (the reference is then
+            the base weights themselves, not a copy).
         remat: rematerialisation of each layer in the update's backward pass: `none`, `full`
             (keep only each layer's input, recompute the rest) or a `jax.checkpoint_policies`
             name such as `dots_saveable`; the gradients are the same (see [Memory](memory.md)).
+        lora: LoRA adapters (`model.lora.*`, below); rank 0 trains the whole model.
     """
 
     preset: str | None = None
@@ -41,10 +71,17 @@ class ModelSection:
     dtype: str = "float32"
     ref_dtype: str | None = None
     remat: str = "none"
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
 
     def __post_init__(self):
         dtypes = ("float32", "bfloat16")
         check(self.remat in REMAT_MODES, "model.remat", self.remat, f"one of {list(REMAT_MODES)}")
+        check(
+            self.lora.rank == 0 or self.ref_dtype in (None, self.dtype),
+            "model.ref_dtype",
+            self.ref_dtype,
+            "null with model.lora.rank > 0 (the reference is the base weights, not a copy)",
+        )
         check(self.dtype in dtypes, "model.dtype", self.dtype, "'float32' or 'bfloat16'")
         check(
             self.ref_dtype in (None, *dtypes),

@@ -17,7 +17,7 @@ from jaxrl_lrm.config import Config
 from jaxrl_lrm.data.iterator import PromptIterator
 from jaxrl_lrm.offline import data as offline_data
 from jaxrl_lrm.offline import dpo, reward_model, sft
-from jaxrl_lrm.train import loop, setup
+from jaxrl_lrm.train import adapters, loop, setup
 from jaxrl_lrm.train.programs import make_offline_programs
 from jaxrl_lrm.train.state import OptimizerConfig, TrainState, init_state, make_optimizer
 
@@ -48,6 +48,21 @@ def eval_rows(fn, params, frozen, data: dict, batch_size: int, mesh) -> dict[str
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def _on_base(objective: Objective, bases) -> Objective:
+    """`objective` of the adapters: they are applied to the frozen base (the objective's
+    `frozen` argument, so DPO's reference is the base with the adapters off)."""
+
+    def view(p, base):
+        return dataclasses.replace(bases, policy=base).policy_params(p)
+
+    terms = objective.eval_terms
+    return dataclasses.replace(
+        objective,
+        loss=lambda p, base, b, d: objective.loss(view(p, base), base, b, d),
+        eval_terms=None if terms is None else (lambda p, base, b: terms(view(p, base), base, b)),
+    )
+
+
 def check_batch(config: Config, n_train: int) -> int:
     """The per-step batch (`train.prompts_per_step`), checked against the data and micro-batches."""
     b, micro = config.train.prompts_per_step, config.train.micro_batches
@@ -74,9 +89,17 @@ def make_stage(
     total_updates: int | None = None,
     batch_size: int | None = None,
     seed: int | None = None,
+    model_config=None,
 ) -> loop.Stage:
-    """A `Stage` training a copy of `params` on `train_data` (numpy, leading example axis)."""
+    """A `Stage` training a copy of `params` on `train_data` (numpy, leading example axis).
+    With LoRA (`model.lora.rank > 0`; needs `model_config`) it trains adapters on `params`,
+    frozen, which are then also the `frozen` argument (DPO's reference)."""
     c = config.train
+    if adapters.lora_config(config) is not None:
+        if model_config is None:
+            raise ValueError(f"model.lora.rank={config.model.lora.rank}: this stage has no LoRA")
+        params, frozen = adapters.trainable(config, model_config, params, mesh)
+        objective = _on_base(objective, adapters.bases(config, frozen))
     n = next(iter(train_data.values())).shape[0]
     batch_size = batch_size or check_batch(config, n)
     seed = config.seed if seed is None else seed
@@ -170,6 +193,7 @@ def sft_stage(config: Config, mesh) -> loop.Stage:
         params=model.params,
         train_data=train_data,
         eval_data=eval_data,
+        model_config=mc,
     )
 
 
@@ -222,6 +246,7 @@ def dpo_stage(config: Config, mesh, *, label_smoothing: float = 0.0) -> loop.Sta
         train_data=encode("train"),
         eval_data=encode("eval") if _has_eval(config) else None,
         frozen=ref,
+        model_config=mc,
     )
 
 
@@ -251,6 +276,7 @@ def reward_model_stage(config: Config, mesh) -> loop.Stage:
         params=model.params,
         train_data=encode("train"),
         eval_data=encode("eval") if _has_eval(config) else None,
+        model_config=mc,
     )
 
 

@@ -12,6 +12,7 @@ input signature), logged as `compile/count`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.train import packing
 from jaxrl_lrm.train import update as upd
 from jaxrl_lrm.train.batch import Prompts, Rewards, Rollout, RolloutBatch, Scored
+from jaxrl_lrm.train.state import Bases
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,13 +37,16 @@ class SamplingConfig:
     top_p: float
     eos_id: int | None
     pad_id: int
+    # LoRA: sample from the merged weights (folded once per call) rather than the factored
+    # form (an extra low-rank product per projection and token); see docs/lora.md
+    merge_adapters: bool = True
 
 
 @dataclasses.dataclass
 class Programs:
     """Jitted programs by name, and how many executables each has compiled."""
 
-    jitted: dict[str, Any]
+    jitted: dict[str, Any]  # LoRA's frozen `Bases` are bound: the callables below omit them
     sample: Callable | None = None  # (params, Prompts, rng_data, step) -> Rollout
     score: Callable | None = None  # (state, ref_params, Rollout) -> Scored
     update: Callable | None = None  # (state, batch[, frozen]) -> (state, metrics); donated
@@ -76,8 +81,17 @@ def params_sharding(params, mesh):
 
 
 def _sample(
-    params, prompts: Prompts, rng_data, step, *, model: ModelConfig, s: SamplingConfig, mesh
+    bases: Bases,
+    params,
+    prompts: Prompts,
+    rng_data,
+    step,
+    *,
+    model: ModelConfig,
+    s: SamplingConfig,
+    mesh,
 ) -> Rollout:
+    params = bases.merged_policy(params) if s.merge_adapters else bases.policy_params(params)
     key = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
     greedy = s.temperature == 0.0
     tokens, logp, mask = sampling.sample_tokens(
@@ -102,7 +116,7 @@ def _sample(
 
 
 def _score(
-    state, ref_params, rollout: Rollout, *, cfg: upd.RLUpdateConfig, with_old: bool
+    bases: Bases, state, ref_params, rollout: Rollout, *, cfg: upd.RLUpdateConfig, with_old: bool
 ) -> Scored:
     def logp(params):
         args = (params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len)
@@ -113,10 +127,14 @@ def _score(
     values = None
     if state.value is not None:
         values = upd.completion_values(
-            state.value.params, cfg.model, rollout.tokens_BL, rollout.attn_BL, cfg.prompt_len
+            bases.value_params(state.value.params),
+            cfg.model,
+            rollout.tokens_BL,
+            rollout.attn_BL,
+            cfg.prompt_len,
         )
     return Scored(
-        old_logp_BT=logp(state.params) if with_old else None,
+        old_logp_BT=logp(bases.policy_params(state.params)) if with_old else None,
         ref_logp_BT=None if ref_params is None else logp(ref_params),
         values_BT=values,
     )
@@ -138,11 +156,14 @@ def make_rl_programs(
     rows: int,
     dense: bool,
     keep: bool = False,
+    bases: Bases | None = None,
 ) -> Programs:
     """`sample`, `score`, `update` and `generate` for an RL run of `rows` global rows (prompts x
     group size x processes) per step, with the layouts of `state` and `ref_params`; `dense`:
-    whether token-level rewards come with the scalar ones; `keep`: whether rows carry a
-    keep weight (DAPO's dynamic sampling)."""
+    whether token-level rewards come with the scalar ones; `keep`: whether rows carry a keep
+    weight (DAPO); `bases`: LoRA's frozen base weights, bound as the programs' first argument."""
+    bases = Bases() if bases is None else bases
+    bases_sh = params_sharding(bases, mesh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     ref_sh = None if ref_params is None else params_sharding(ref_params, mesh)
     rep = sharding.replicated(mesh)
@@ -157,20 +178,20 @@ def make_rl_programs(
     )
     rollout_sh = rows_sharding(rollout_abs, mesh)
     sample = jax.jit(
-        lambda p, pr, r, k: _sample(p, pr, r, k, model=cfg.model, s=s, mesh=mesh),
-        in_shardings=(state_sh.policy.params, prompts_sh, rep, rep),
+        lambda b, p, pr, r, k: _sample(b, p, pr, r, k, model=cfg.model, s=s, mesh=mesh),
+        in_shardings=(bases_sh, state_sh.policy.params, prompts_sh, rep, rep),
         out_shardings=rollout_sh,
     )
     with_old = needs_old_pass(cfg, ref_params is not None)
 
     # A closure of this call: its jit cache (and so `compile_count`) belongs to this run alone.
-    def score_fn(state, ref, rollout):
-        return _score(state, ref, rollout, cfg=cfg, with_old=with_old)
+    def score_fn(b, state, ref, rollout):
+        return _score(b, state, ref, rollout, cfg=cfg, with_old=with_old)
 
-    scored_abs = jax.eval_shape(score_fn, state, ref_params, rollout_abs)
+    scored_abs = jax.eval_shape(score_fn, bases, state, ref_params, rollout_abs)
     score = jax.jit(
         score_fn,
-        in_shardings=(state_sh, ref_sh, rollout_sh),
+        in_shardings=(bases_sh, state_sh, ref_sh, rollout_sh),
         out_shardings=rows_sharding(scored_abs, mesh),
     )
     rewards_abs = Rewards(
@@ -184,12 +205,12 @@ def make_rl_programs(
         rewards=rows_sharding(rewards_abs, mesh),
     )
     update = jax.jit(
-        lambda st, b: upd.rl_update(st, b, cfg=cfg),
+        lambda st, b, bs: upd.rl_update(st, b, cfg=cfg, bases=bs),
         donate_argnums=0,
-        in_shardings=(state_sh, batch_sh),
+        in_shardings=(state_sh, batch_sh, bases_sh),
         out_shardings=(state_sh, rep),
     )
-    generate = _generator(cfg.model, s, mesh, state_sh.policy.params)
+    generate = _generator(cfg.model, s, mesh, bases)
     take = jax.jit(lambda rs, idx: _take_rows(rs, idx), out_shardings=rollout_sh)
     return Programs(
         jitted={
@@ -199,9 +220,9 @@ def make_rl_programs(
             "generate": generate.jitted,
             "take_rows": take,
         },
-        sample=sample,
-        score=score,
-        update=update,
+        sample=functools.partial(sample, bases),
+        score=functools.partial(score, bases),
+        update=lambda st, b: update(st, b, bases),
         generate=generate,
         take_rows=take,
     )
@@ -217,16 +238,18 @@ class _Generator:
     """Sampling at a temperature given per call (evaluation: greedy and pass@k)."""
 
     jitted: Any
+    bases: Bases
 
     def __call__(self, params, prompts: Prompts, key, temperature: float) -> Rollout:
         return self.jitted(
-            params, prompts, jax.random.key_data(key), 0, temperature=float(temperature)
+            self.bases, params, prompts, jax.random.key_data(key), 0, temperature=float(temperature)
         )
 
 
-def _generator(model: ModelConfig, s: SamplingConfig, mesh, params_sh) -> _Generator:
-    def gen(params, prompts, rng_data, step, temperature):
+def _generator(model: ModelConfig, s: SamplingConfig, mesh, bases: Bases) -> _Generator:
+    def gen(bases, params, prompts, rng_data, step, temperature):
         return _sample(
+            bases,
             params,
             prompts,
             rng_data,
@@ -236,7 +259,7 @@ def _generator(model: ModelConfig, s: SamplingConfig, mesh, params_sh) -> _Gener
             mesh=mesh,
         )
 
-    return _Generator(jax.jit(gen, static_argnames=("temperature",)))
+    return _Generator(jax.jit(gen, static_argnames=("temperature",)), bases)
 
 
 # --------------------------------------------------------------------------- offline stages

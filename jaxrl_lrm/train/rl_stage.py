@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from jaxrl_lrm import algorithms, losses, sharding
+from jaxrl_lrm import algorithms, losses, models, sharding
 from jaxrl_lrm.config import Config, ConfigError
 from jaxrl_lrm.data import sources
 from jaxrl_lrm.data.iterator import PromptIterator
@@ -21,13 +21,13 @@ from jaxrl_lrm.data.overlong import fit_source
 from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.rewards.executor import RewardExecutor
 from jaxrl_lrm.rewards.math import extract_answer
-from jaxrl_lrm.train import evaluation, host, setup
+from jaxrl_lrm.train import adapters, evaluation, host, setup
 from jaxrl_lrm.train.batch import Prompts
 from jaxrl_lrm.train.dapo import dapo_step
 from jaxrl_lrm.train.loop import SAMPLES, Stage
 from jaxrl_lrm.train.programs import Programs, SamplingConfig, make_rl_programs
 from jaxrl_lrm.train.rl import rl_step
-from jaxrl_lrm.train.state import OptimizerConfig, TrainState, init_state, make_optimizer
+from jaxrl_lrm.train.state import Bases, OptimizerConfig, TrainState, init_state, make_optimizer
 from jaxrl_lrm.train.update import RLUpdateConfig
 
 EVAL_SEED_OFFSET = 999_983  # evaluation draws from fold_in(key(seed), this)
@@ -54,6 +54,7 @@ class RLSetup:
     ref_params: Any
     schedule: Any
     update_config: RLUpdateConfig
+    bases: Bases = Bases()  # LoRA's frozen base weights (all None in full fine-tuning)
 
     @property
     def group_size(self) -> int:
@@ -66,9 +67,24 @@ class RLSetup:
 
 
 def _reference(config: Config, spec, policy_params):
-    """The frozen reference: the initial policy (`setup.reference_params`), or None when the
-    algorithm has no KL term."""
+    """The frozen reference: the initial policy (`setup.reference_params`; with LoRA the base
+    weights themselves), or None when the algorithm has no KL term."""
     return setup.reference_params(config, policy_params) if spec.beta > 0 else None
+
+
+def value_model(config: Config, spec, policy, base, mesh):
+    """`(trained value params, their frozen base)`: PPO's value model (`(None, None)` without
+    one). In full fine-tuning a copy of the policy (or `algorithm.value_path`); with LoRA its
+    own adapters and head on the policy's base (no copy) or on `value_path`'s backbone."""
+    if not spec.uses_value:
+        return None, None
+    if base is None:
+        return setup.build_value_params(config, policy, mesh), None
+    if config.algorithm.value_path is None:
+        full = models.with_value_head(policy.replace(params=base)).params
+    else:
+        full = setup.build_value_params(config, policy, mesh)
+    return adapters.trainable(config, policy.config, full, mesh, salt=adapters.VALUE_SALT)
 
 
 def _update_config(config: Config, spec, model_config, prompt_len: int):
@@ -162,14 +178,11 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     if isinstance(eval_fn, str) and c.train.eval_every:
         raise ConfigError(f"train.eval_every={c.train.eval_every}: {eval_fn}")
     ucfg, schedule = _update_config(c, spec, policy.config, c.data.max_prompt_len)
-    value_params = (
-        setup.build_value_params(c, policy.replace(params=params), mesh)
-        if spec.uses_value
-        else None
-    )
-    ref = _reference(c, spec, params)
+    trained, base = adapters.trainable(c, policy.config, params, mesh)
+    value_params, value_base = value_model(c, spec, policy.replace(params=params), base, mesh)
+    ref = _reference(c, spec, params if base is None else base)
     state = init_state(
-        params,
+        trained,
         optimizer=ucfg.optimizer,
         mesh=mesh,
         seed=c.seed,
@@ -177,7 +190,8 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         value_params=value_params,
         value_optimizer=ucfg.value_optimizer,
     )
-    del params, value_params, policy
+    del params, trained, value_params, policy
+    bases = adapters.bases(c, base, value_base)
     rows = c.train.prompts_per_step * spec.group_size * jax.process_count()
     samp = SamplingConfig(
         max_new_tokens=c.sampling.max_new_tokens,
@@ -196,6 +210,7 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         rows=rows,
         dense=bool(token_fns),
         keep=spec.dynamic_sampling,
+        bases=bases,
     )
     return RLSetup(
         config=c,
@@ -214,14 +229,15 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         ref_params=ref,
         schedule=schedule,
         update_config=ucfg,
+        bases=bases,
     )
 
 
 def with_params(s: RLSetup, params) -> RLSetup:
     """`s` restarted from `params` (a fresh state; the reference becomes `params` too), reusing
     its compiled programs (the layouts are the same). The demo starts RL from its SFT model."""
-    if s.state.value is not None:
-        raise ValueError("with_params: runs with a value model are rebuilt with build()")
+    if s.state.value is not None or adapters.lora_config(s.config) is not None:
+        raise ValueError("with_params: runs with a value model or LoRA are rebuilt with build()")
     c, u = s.config, s.update_config
     state = init_state(params, optimizer=u.optimizer, mesh=s.mesh, seed=c.seed, kl_coef=s.spec.beta)
     return dataclasses.replace(s, state=state, ref_params=_reference(c, s.spec, params))

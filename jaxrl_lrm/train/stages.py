@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 
 from jaxrl_lrm import algorithms, checkpoint, models, sharding
-from jaxrl_lrm.config import Config, load_config
+from jaxrl_lrm.config import DEFAULT_PRESET, Config, load_config
+from jaxrl_lrm.models import lora, peft
 from jaxrl_lrm.offline.reward_model import build_reward_model
-from jaxrl_lrm.train import compile_cache, offline_stage, rl_stage, setup, wandb_sink
+from jaxrl_lrm.train import adapters, compile_cache, offline_stage, rl_stage, setup, wandb_sink
 from jaxrl_lrm.train.loop import RunResult, run
 from jaxrl_lrm.train.state import OptimizerConfig, init_state, make_optimizer
 
@@ -75,14 +76,15 @@ def _state_target(config: Config, params, mesh, *, value_params=None):
     )
 
 
-def restore_params(
+def restore_trained(
     run_dir: str | Path, step: int | None = None, *, mesh=None, overrides=()
-) -> tuple[Config, object, models.Model, int]:
-    """`(config, tokenizer, model, step)`: the trained policy of any stage's run directory.
+) -> tuple[Config, object, models.Model, object, int]:
+    """`(config, tokenizer, initial model, trained policy params, step)` of any stage's run.
 
     Rebuilds the initial model from the run's `config.yaml` (a reward model gets its value head;
     a PPO run's value model is restored beside it and dropped) and restores the checkpoint's
-    policy parameters into it."""
+    policy parameters: the whole model's, or with LoRA its adapters (the initial model is then
+    their base)."""
     run_dir = run_dir_of(run_dir)
     config = load_config(run_dir / "config.yaml", list(overrides))
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -90,17 +92,46 @@ def restore_params(
         tokenizer, model = build_reward_model(config, mesh)
     else:
         _, tokenizer, model = setup.build_model(config, mesh)
+    trained, base = adapters.trainable(config, model.config, model.params, mesh)
     value = None
-    if config.stage == "rl" and algorithms.resolve(config.algorithm).uses_value:
-        value = setup.build_value_params(config, model, mesh)
-    target = _state_target(config, model.params, mesh, value_params=value)
+    if config.stage == "rl":
+        value, _ = rl_stage.value_model(
+            config, algorithms.resolve(config.algorithm), model, base, mesh
+        )
+    target = _state_target(config, trained, mesh, value_params=value)
     restored, step = checkpoint.restore_state_only(run_dir / "checkpoints", target, step)
-    return config, tokenizer, model.replace(params=restored.policy.params), step
+    return config, tokenizer, model, restored.policy.params, step
 
 
-def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> int:
-    """Writes a run's model as a Hugging Face checkpoint in `out_dir`; returns the step. A
-    reward model's scalar head goes to `value_head.safetensors` beside the backbone."""
+def restore_params(
+    run_dir: str | Path, step: int | None = None, *, mesh=None, overrides=()
+) -> tuple[Config, object, models.Model, int]:
+    """`(config, tokenizer, model, step)`: the trained policy of any stage's run directory (with
+    LoRA the adapters merged into the base, `models.lora.merge`)."""
+    config, tokenizer, model, trained, step = restore_trained(
+        run_dir, step, mesh=mesh, overrides=overrides
+    )
+    spec = adapters.lora_config(config)
+    if spec is not None:
+        base, _ = adapters.split_head(model.params)
+        trained = lora.merge(base, trained, spec.scale)
+    return config, tokenizer, model.replace(params=trained), step
+
+
+EXPORT_FORMATS = ("hf", "peft")
+
+
+def export(
+    run_dir: str | Path, out_dir: str | Path, step: int | None = None, *, format="hf"
+) -> int:
+    """Writes a run's model in `out_dir`; returns the step. `hf`: a Hugging Face checkpoint
+    (with LoRA, the adapters merged; a reward model's scalar head goes to
+    `value_head.safetensors` beside the backbone). `peft`: a LoRA run's adapters as a PEFT
+    adapter directory, for `peft.PeftModel.from_pretrained` on the base model."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"export format={format!r}: expected one of {EXPORT_FORMATS}")
+    if format == "peft":
+        return _export_peft(run_dir, out_dir, step)
     _, tokenizer, model, step = restore_params(run_dir, step)
     if model.tokenizer is None:
         model = model.replace(tokenizer=tokenizer)
@@ -108,4 +139,22 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
         models.save_value_model(model, out_dir)
     else:
         models.save_pretrained(model, out_dir)
+    return step
+
+
+def _export_peft(run_dir, out_dir, step) -> int:
+    config, _, model, trained, step = restore_trained(run_dir, step)
+    spec = adapters.lora_config(config)
+    if spec is None:
+        raise ValueError(
+            f"export --format peft: {run_dir} trained the whole model (model.lora.rank=0); "
+            "expected a LoRA run (use --format hf)"
+        )
+    if "value_head" in trained:
+        raise ValueError(
+            "export --format peft: a reward model's value head is not a LoRA adapter; "
+            "use --format hf"
+        )
+    base = config.model.path or config.model.preset or DEFAULT_PRESET
+    peft.save_adapter(trained, spec, model.config, out_dir, base_model=base)
     return step

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_lrm import sharding
+from jaxrl_lrm.models import lora
 
 
 @jax.tree_util.register_dataclass
@@ -46,6 +47,31 @@ class TrainState:
     @property
     def key(self) -> jax.Array:
         return jax.random.wrap_key_data(self.rng)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Bases:
+    """The frozen base weights LoRA adapters apply to, one per trained model (None: that model
+    is trained in full and its `ModelState.params` are its whole parameters), and the
+    adapters' `scale` (alpha / rank). An argument of every program, never donated; with LoRA
+    the policy's base is also the reference (the same arrays, no second copy)."""
+
+    policy: Any = None
+    value: Any = None
+    scale: float = dataclasses.field(default=1.0, metadata=dict(static=True))
+
+    def policy_params(self, trainable):
+        """The parameters a forward pass of the policy reads (adapters applied, factored)."""
+        return trainable if self.policy is None else lora.apply(self.policy, trainable, self.scale)
+
+    def value_params(self, trainable):
+        """The same for the value model (its adapters and its head on its base)."""
+        return trainable if self.value is None else lora.apply(self.value, trainable, self.scale)
+
+    def merged_policy(self, trainable):
+        """The policy's plain parameters with the adapters folded in (`lora.merge`)."""
+        return trainable if self.policy is None else lora.merge(self.policy, trainable, self.scale)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.train import packing
 from jaxrl_lrm.train.batch import RolloutBatch
-from jaxrl_lrm.train.state import ModelState, TrainState
+from jaxrl_lrm.train.state import Bases, ModelState, TrainState
 
 LOGPROB_CHUNK = 2048  # positions per chunk of the log-softmax (bounds the [B, T, V] logits)
 
@@ -217,12 +217,14 @@ def _kl_BT(batch: RolloutBatch, spec: AlgorithmSpec):
 
 
 def rl_update(
-    state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig
+    state: TrainState, batch: RolloutBatch, *, cfg: RLUpdateConfig, bases: Bases | None = None
 ) -> tuple[TrainState, dict]:
     """The update of one RL step: advantages (with KL in the reward where the algorithm puts it
     there) from the batch, `epochs x minibatches` policy updates, PPO's value updates on the
     GAE returns, and the adaptive KL coefficient's step. Returns the new state (step + 1) and
-    the metrics averaged over the updates."""
+    the metrics averaged over the updates. With LoRA (`bases`) only the adapters (and a value
+    model's head) are trained and hold optimizer state."""
+    bases = Bases() if bases is None else bases
     spec, r = cfg.spec, batch.rollout
     mask = r.completion_mask_BT.astype(jnp.float32)
     if batch.rewards.keep_B is not None:  # DAPO's filler groups: outside every denominator
@@ -254,7 +256,7 @@ def rl_update(
         micro_batches=cfg.micro_batches,
         denom_fn=_mask_denominators,
     )
-    policy_loss = lambda p, f, mb, d: _policy_loss(p, f, mb, d, cfg=cfg)
+    policy_loss = lambda p, f, mb, d: _policy_loss(bases.policy_params(p), f, mb, d, cfg=cfg)
     if cfg.pack_rows:
         pack = lambda m, o, fn, b, micro_batches, frozen, denom_fn: packing.accumulate(
             m, o, fn, b, rows=cfg.pack_rows, denom_fn=denom_fn
@@ -270,7 +272,7 @@ def rl_update(
         value, vm = epochs_update(
             value,
             cfg.value_optimizer,
-            lambda p, f, mb, d: _value_loss(p, f, mb, d, cfg=cfg),
+            lambda p, f, mb, d: _value_loss(bases.value_params(p), f, mb, d, cfg=cfg),
             value_rows,
             **kw,
         )
