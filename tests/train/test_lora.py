@@ -80,7 +80,14 @@ def test_lora_grpo_learns_on_an_easy_task(tmp_path):
 def resumed(tmp_path_factory):
     """4 steps straight and 2 + 2 with a restart, with LoRA (checkpoints every 2 steps)."""
     tmp = tmp_path_factory.mktemp("lora_resume")
-    cfg = smoke("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "train.lr=0.03")
+    cfg = smoke(
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "train.lr=0.03",
+        # a random model scores 0 on addition: this reward varies, so the adapters move
+        "rewards.functions=[{fn: 'toy_rewards:ones_fraction'}]",
+    )
     straight = train.run_rl(cfg, run_dir=tmp / "a", quiet=True)
     train.run_rl(cfg, run_dir=tmp / "b", max_steps_this_run=2)  # not quiet: config, metrics
     train.run_rl(cfg, run_dir=tmp / "b")
