@@ -1,8 +1,9 @@
 """The regression suite: `python -m jaxrl_lrm.bench suite --out DIR [--only a,b] [--no-trl]`.
 
 Runs every benchmark in its `--quick` form, each in a fresh process (one benchmark's JAX state,
-threads or crash cannot touch the next), `grpo_step` twice (`--lengths uniform` and
-`--lengths varied`, with `--vs-trl` when TRL is importable and `--no-trl` is not given), and
+threads or crash cannot touch the next), `grpo_step` twice (`--lengths uniform`, and
+`--lengths varied --pack-rows 1`: packing, the configuration for varied lengths; both with
+`--vs-trl` when TRL is importable and `--no-trl` is not given), and
 writes each result to `DIR/NAME.json` and all of them, with the machine, the date and the
 commit, to `DIR/suite.json`: the file `bench compare` reads. A benchmark that fails is
 recorded with its exit status and the tail of its stderr, and the suite goes on; the exit
@@ -27,7 +28,7 @@ SUITE: dict[str, tuple[str, list[str]]] = {
     "sampling": ("sampling", []),
     "train_step": ("train_step", []),
     "grpo_step_uniform": ("grpo_step", ["--lengths", "uniform"]),
-    "grpo_step_varied": ("grpo_step", ["--lengths", "varied"]),
+    "grpo_step_varied": ("grpo_step", ["--lengths", "varied", "--pack-rows", "1"]),
     "memory": ("memory", []),
     "rewards": ("rewards", []),
 }
