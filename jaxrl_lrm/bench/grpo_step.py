@@ -1,6 +1,7 @@
 """One full RL step with the real trainer pieces: `python -m jaxrl_lrm.bench grpo_step
 [--quick] [--preset NAME] [--prompts N] [--group G] [--new-tokens T] [--vocab-size V]
-[--ref-dtype float32|bfloat16] [--vs-trl] [--vs-tunix]`.
+[--ref-dtype float32|bfloat16] [--lengths uniform|varied] [--pack-rows N] [--vs-trl]
+[--vs-tunix]`.
 
 GRPO (k3 KL to the reference, beta 0.04) on `bench-cpu` with the vocabulary set to 8192, the
 `addition` task's prompts (left-padded to 16 tokens), 4 prompts x 8 completions x 128 new
@@ -16,20 +17,24 @@ Reported:
   it); `update_s` (the step less its sampling and reward phases: the update and the metrics
   fetch); and the in-loop `time/sample_s`, `time/reward_s` of the trainer.
 - `floor_ratio`: step time / FLOP floor (median over repeats, the peak measured right before
-  each step), floor = (generate FLOPs at the mean response length +
-  forward FLOPs of the reference (and old) pass + 3 x forward FLOPs of the update, all matmul
-  FLOPs with attention, see `bench._util`) / the fp32 matmul peak of the same run.
+  each step), floor = (generate FLOPs + forward FLOPs of the reference (and old) pass + 3 x
+  forward FLOPs of the update, over the real tokens only (`step_flops`), all matmul FLOPs with
+  attention, see `bench._util`) / the fp32 matmul peak of the same run; `decode_vs_floor` the
+  same for `generate_s` alone.
+- `pad_frac`: the update's share of computed token slots that hold padding (the packed update's
+  `update/pad_frac` with `--pack-rows N`, i.e. `train.pack_rows`; else 1 - real / (B x (P + T))).
 - `host_exposed_frac`: host time the device sits idle, max(0, decode + reward - the device
   work dispatched before them (the score pass)) / step time.
 - `vs_trl`, `vs_tunix`: the peer's step time over ours, both measured in this run on the same
   shape, batch and lengths (`--vs-trl`: TRL's `GRPOTrainer` via `bench.peers`, in a child
-  process right after ours, its details in the JSON's `peers`); null without the flag, when the peer is not importable, and always for
-  Tunix (no runner: `google-tunix` would replace the installed transformers).
+  process right after ours, its details in the JSON's `peers`); null without the flag, when
+  the peer is not importable, and always for Tunix (no runner: `google-tunix` would replace the installed transformers).
 
 The random-weight policy samples any of the 8192 ids, so the character tokenizer is wrapped
 to decode ids past its alphabet onto it (as a real 8192-token vocabulary would decode them);
-EOS ends a row with probability ~1/V per token, so rows run close to all 128 tokens (the mean
-response length is reported).
+EOS ends a row with probability ~1/V per token, so with `--lengths uniform` rows run close to
+all 128 tokens; `--lengths varied` edits the policy and reference so that EOS fires with
+probability 1.5 / T per token (`bench.workload`; TRL's model gets the same edit).
 """
 
 from __future__ import annotations
