@@ -65,6 +65,7 @@ class _State(NamedTuple):
     tokens_BT: jax.Array
     logprobs_BT: jax.Array
     mask_BT: jax.Array
+    trunc_logprobs_BT: jax.Array | None  # under the truncated distribution, when asked for
 
 
 def _constrain(x, mesh, spec_fn):
@@ -96,6 +97,13 @@ def _prefill(
     return transformer.hidden_to_logits(params, config, hidden[:, -1]), cache
 
 
+def _put_truncated(buf, put, live, logp, trunc):
+    """The truncated log-probs buffer with this step's written (`logp` when nothing is cut)."""
+    if buf is None:
+        return None
+    return put(buf, jnp.where(live, logp if trunc is None else trunc, 0.0))
+
+
 def _sample(
     params,
     config: ModelConfig,
@@ -111,8 +119,9 @@ def _sample(
     pad_id: int,
     mesh=None,
     draw: str = "inverse_cdf",
+    truncated_logprobs: bool = False,
 ):
-    """`sample_tokens` plus the number of decode forward passes run."""
+    """`sample_tokens`'s arrays, the decode passes run, the truncated log-probs (or None)."""
     B, P = prompt_ids_BP.shape
     T = max_new_tokens
     S = P + T
@@ -127,7 +136,7 @@ def _sample(
 
     def emit(state: _State) -> _State:
         key = jax.random.fold_in(rng, state.step)
-        tok, logp = _choose(state.logits_BV, key, temperature, top_k, top_p, draw)
+        tok, logp, trunc = _choose(state.logits_BV, key, temperature, top_k, top_p, draw)
         live = ~state.done_B
         tok = jnp.where(live, tok, pad_id)
         done = state.done_B | (live & (tok == eos_id)) if eos_id is not None else state.done_B
@@ -137,6 +146,7 @@ def _sample(
             tokens_BT=put(state.tokens_BT, tok),
             logprobs_BT=put(state.logprobs_BT, jnp.where(live, logp, 0.0)),
             mask_BT=put(state.mask_BT, live.astype(jnp.int32)),
+            trunc_logprobs_BT=_put_truncated(state.trunc_logprobs_BT, put, live, logp, trunc),
         )
 
     def cond(state: _State):
@@ -168,10 +178,12 @@ def _sample(
         tokens_BT=zeros(jnp.int32) + pad_id,
         logprobs_BT=zeros(jnp.float32),
         mask_BT=zeros(jnp.int32),
+        trunc_logprobs_BT=zeros(jnp.float32) if truncated_logprobs else None,
     )
     state = emit(state)._replace(step=jnp.ones((), jnp.int32))
     state = jax.lax.while_loop(cond, body, state)
-    return state.tokens_BT, state.logprobs_BT, state.mask_BT, state.step - 1
+    out = state.tokens_BT, state.logprobs_BT, state.mask_BT, state.step - 1
+    return out + (state.trunc_logprobs_BT,)
 
 
 def sample_tokens(
@@ -189,7 +201,8 @@ def sample_tokens(
     pad_id: int,
     mesh=None,
     draw: str = "inverse_cdf",
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    truncated_logprobs: bool = False,
+) -> tuple[jax.Array, ...]:
     """Samples `max_new_tokens` continuations of left-padded prompts. Pure and jittable (mark
     every keyword argument and `config` static).
 
@@ -211,9 +224,13 @@ def sample_tokens(
         with one uniform per row, in two levels for large vocabularies (fastest on CPU);
         `"categorical"` is `jax.random.categorical` (Gumbel-max). Same distribution, other
         tokens for the same key; greedy ignores it.
+      truncated_logprobs: also return each token's log-prob under the top-k / top-p
+        renormalised distribution it was drawn from (equal to `logprobs_BT` when nothing is
+        truncated or when greedy).
 
     Returns:
-      `(tokens_BT int32, logprobs_BT float32, mask_BT int32)` as in `Generation`.
+      `(tokens_BT int32, logprobs_BT float32, mask_BT int32)` as in `Generation`, then
+      `truncated_logprobs_BT float32` (0 where `mask` is 0) when `truncated_logprobs`.
     """
     _check_draw(draw)
     out = _sample(
@@ -230,8 +247,9 @@ def sample_tokens(
         pad_id=pad_id,
         mesh=mesh,
         draw=draw,
+        truncated_logprobs=truncated_logprobs,
     )
-    return out[:3]
+    return out[:3] + ((out[4],) if truncated_logprobs else ())
 
 
 _STATIC = (
@@ -372,7 +390,7 @@ def generate(
         rng = 0
     if isinstance(rng, int | np.integer):
         rng = jax.random.key(int(rng))
-    tokens, logprobs, out_mask, steps = _sample_jit(
+    tokens, logprobs, out_mask, steps, _ = _sample_jit(
         model.params,
         config,
         jnp.asarray(ids),

@@ -1,11 +1,14 @@
 """How the sampler draws one token: top-k / top-p truncation of the tempered softmax and the
 draw itself (`draw="inverse_cdf"`: a two-level inverse CDF over the kept candidates, fast on
-XLA:CPU; `"categorical"`: `jax.random.categorical`). Pure and jittable; `sampling` calls it."""
+XLA:CPU; `"categorical"`: `jax.random.categorical`) and the drawn token's log-probs, through
+the trainer's own kernel (`losses.sampled_logprobs`). Pure and jittable; `sampling` calls it."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jaxrl_lrm.losses.logprobs import sampled_logprobs
 
 
 def _truncate(scaled_BV: jax.Array, top_k: int, top_p: float):
@@ -64,15 +67,17 @@ def _draw(key, logits_BC, draw: str):
 def _choose(
     logits_BV, key, temperature: float, top_k: int, top_p: float, draw: str = "inverse_cdf"
 ):
-    """Next token and its log-prob under softmax(logits / temperature) before truncation."""
+    """`(token, logp, truncated logp)` of the next token: `logp` under softmax(logits /
+    temperature) before truncation, `truncated logp` under the top-k / top-p renormalised
+    distribution it was drawn from (`None` when nothing is truncated: the two are equal).
+    Greedy: the argmax and its log-prob at temperature 1, no truncated log-prob."""
     if temperature == 0.0:
         tok = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-        scaled = logits_BV
-    else:
-        scaled = logits_BV / temperature
-        cand, ids = _truncate(scaled, top_k, top_p)
-        pick = _draw(key, cand, draw)
-        tok = pick if ids is None else jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
-        tok = tok.astype(jnp.int32)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+        return tok, sampled_logprobs(logits_BV, tok), None
+    scaled = logits_BV / temperature
+    cand, ids = _truncate(scaled, top_k, top_p)
+    pick = _draw(key, cand, draw).astype(jnp.int32)
+    if ids is None:
+        return pick, sampled_logprobs(scaled, pick), None
+    tok = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    return tok, sampled_logprobs(scaled, tok), sampled_logprobs(cand, pick)

@@ -85,7 +85,7 @@ def _decode(params, config, state: TurnState, rng, *, P, draws) -> TurnState:
 
     def body(s: TurnState) -> TurnState:
         live = ~s.done_B & ~s.stopped_B
-        tok, logp = _choose(s.logits_BV, jax.random.fold_in(rng, s.step), *draws[:3], draw)
+        tok, logp, _ = _choose(s.logits_BV, jax.random.fold_in(rng, s.step), *draws[:3], draw)
         tok = jnp.where(live, tok, pad_id)
         at_BT = live[:, None] & (jnp.arange(T)[None, :] == s.n_B[:, None])
         tokens = jnp.where(at_BT, tok[:, None], s.tokens_BT)

@@ -30,6 +30,7 @@ BASE = types.MappingProxyType(
         uses_value=False,
         entropy_coef=0.0,
         tis_max=None,
+        decoupled=False,
         gamma=1.0,
         lam=1.0,
         value_clip=None,
@@ -45,7 +46,9 @@ BASE = types.MappingProxyType(
 )
 """Values every preset starts from (PPO's clip 0.2, no KL, no entropy bonus, ...)."""
 
-COMMON_KEYS = frozenset({"clip_low", "clip_high", "agg", "tis_max", "entropy_coef", "loss"})
+COMMON_KEYS = frozenset(
+    {"clip_low", "clip_high", "agg", "tis_max", "decoupled", "entropy_coef", "loss"}
+)
 """Keys every algorithm accepts."""
 
 OVERRIDABLE = (
@@ -58,6 +61,7 @@ OVERRIDABLE = (
     "agg",
     "std_normalize",
     "tis_max",
+    "decoupled",
     "entropy_coef",
     "value_path",
     "value_lr",
@@ -219,6 +223,7 @@ VALUE_RULES = {
     "agg": (lambda v: v in AGG_MODES, f"one of {AGG_MODES}"),
     "dual_clip": (lambda v: v > 1, "> 1"),
     "tis_max": (lambda v: v >= 1, ">= 1"),
+    "decoupled": (lambda v: isinstance(v, bool), "true or false"),
     "entropy_coef": (lambda v: v >= 0, ">= 0"),
     "gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "lam": (lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -37,6 +37,10 @@ class AlgorithmSpec:
         entropy_coef: the loss gets `- entropy_coef * token-mean entropy`.
         tis_max: truncated importance weights `min(exp(old - sampler), tis_max)` on the
             advantages (sampler/trainer mismatch), `None` for none.
+        decoupled: the decoupled PPO objective: the ratio clips against the proximal policy
+            (`old`, recomputed under the current parameters before the step's updates) and
+            the advantages are weighted by `exp(old - behaviour)` (capped at `tis_max` if set);
+            required by asynchronous rollouts (`train.max_staleness >= 1`).
     Read by the core, outside the loss:
         value_clip, value_lr, value_path: PPO's value model (`value_lr=None`: `train.lr`).
         kl_target, kl_horizon: adaptive KL controller on `beta` (per-token-mean KL units; see
@@ -62,6 +66,7 @@ class AlgorithmSpec:
     uses_value: bool = False
     entropy_coef: float = 0.0
     tis_max: float | None = None
+    decoupled: bool = False
     gamma: float = 1.0
     lam: float = 1.0
     value_clip: float | None = None

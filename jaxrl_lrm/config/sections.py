@@ -193,15 +193,24 @@ class SamplingSection:
         temperature (> 0): sampling temperature.
         top_k (>= 0): keep the k most likely tokens; 0: no top-k cut.
         top_p (0 < x <= 1): nucleus sampling mass; 1: no top-p cut.
+        logprob_mode: the behaviour log-prob of a token under top-k / top-p, the
+            denominator of the behaviour-policy weight (`algorithm.tis_max`,
+            `algorithm.decoupled`): `truncated` (the renormalised distribution it was drawn
+            from; the default, see [Sampling](sampling.md)) or `full` (the whole softmax).
     """
 
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    logprob_mode: str = "truncated"
 
     def __post_init__(self):
         check_ranges(self, "sampling")
+        modes = ("full", "truncated")
+        check(
+            self.logprob_mode in modes, "sampling.logprob_mode", self.logprob_mode, "full|truncated"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxrl_lrm.algorithms.registry import NAMES as ALGORITHMS  # the one registry of names
-from jaxrl_lrm.algorithms.registry import check_section
+from jaxrl_lrm.algorithms.registry import REGISTRY, check_section
 from jaxrl_lrm.algorithms.spec import explicit_keys
 from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
 from jaxrl_lrm.config.sections import (
@@ -45,6 +45,9 @@ class AlgorithmSection:
         agg: loss aggregation, a `losses.aggregate` mode (`token-mean`, ...).
         std_normalize: whether group advantages are divided by the group's std.
         tis_max (>= 1): truncated importance sampling cap (sampler vs trainer log-probs).
+        decoupled: the decoupled PPO objective: clip against the proximal policy (recomputed
+            before the step's updates), weight by the behaviour ratio (capped at `tis_max`
+            if set); required by `train.max_staleness >= 1`.
         entropy_coef (>= 0): entropy bonus coefficient.
         value_path: PPO: initialise the value model from this directory (a reward-model export).
         value_lr (> 0): PPO: the value model's learning rate; null: `train.lr`.
@@ -70,6 +73,7 @@ class AlgorithmSection:
     agg: str | None = None
     std_normalize: bool | None = None
     tis_max: float | None = None
+    decoupled: bool | None = None
     entropy_coef: float | None = None
     value_path: str | None = None
     value_lr: float | None = None
@@ -121,6 +125,9 @@ class TrainSection:
             (`<run_dir>/../.jax_compile_cache`, unless JAX's cache is already set, e.g. by
             `JAX_COMPILATION_CACHE_DIR`), a directory, or `off`; a second start of the same
             config then compiles nothing it compiled before.
+        max_staleness (>= 0): asynchronous rollouts: the device samples step k+1 while the
+            host scores step k, and no batch more than this many policy versions old is
+            trained on; 0: synchronous (needs `algorithm.decoupled` when >= 1).
     """
 
     steps: int = 4
@@ -142,6 +149,7 @@ class TrainSection:
     max_to_keep: int = 3
     log_every: int = 1
     compile_cache: str = "auto"
+    max_staleness: int = 0
 
     def __post_init__(self):
         check_ranges(self, "train")
@@ -207,6 +215,19 @@ class Config:
             raise ConfigError(
                 f"algorithm.group_size={self.algorithm.group_size!r}: expected >= 2 "
                 f"for {self.algorithm.name!r} (a group baseline needs 2 samples)"
+            )
+        k = self.train.max_staleness
+        if k and not (self.algorithm.decoupled or self.algorithm.tis_max is not None):
+            raise ConfigError(
+                f"train.max_staleness={k!r}: asynchronous rollouts train on samples of an "
+                "older policy, and the standard objective would clip against that policy "
+                "without correcting for it; set algorithm.decoupled=true (the decoupled PPO "
+                "objective), or train.max_staleness=0"
+            )
+        if k and REGISTRY[self.algorithm.name].spec_kwargs()["dynamic_sampling"]:
+            raise ConfigError(
+                f"train.max_staleness={k!r}: not with DAPO's dynamic sampling "
+                f"(algorithm.name={self.algorithm.name!r}); use train.max_staleness=0"
             )
         rows = self.train.prompts_per_step * self.algorithm.group_size
         mb = self.train.minibatches * self.train.micro_batches

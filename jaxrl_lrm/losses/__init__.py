@@ -15,11 +15,17 @@ from jaxrl_lrm.losses.advantages import (
     rloo_advantages,
 )
 from jaxrl_lrm.losses.kl import AdaptiveKLController, AdaptiveKLState, kl_penalty
-from jaxrl_lrm.losses.logprobs import chunked_token_logprobs, entropy, token_logprobs
+from jaxrl_lrm.losses.logprobs import (
+    chunked_token_logprobs,
+    entropy,
+    sampled_logprobs,
+    token_logprobs,
+)
 from jaxrl_lrm.losses.microbatch import split_rows, summed_value_and_grad
 from jaxrl_lrm.losses.policy import (
     cispo_loss,
     dpo_loss,
+    logprob_mismatch,
     policy_loss,
     truncated_importance_weights,
     value_loss,
@@ -37,6 +43,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "kl_penalty",
+    "logprob_mismatch",
     "masked_mean",
     "masked_var",
     "outcome_token_rewards",
@@ -45,6 +52,7 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "reinforce_pp_returns",
     "rloo_advantages",
+    "sampled_logprobs",
     "split_rows",
     "summed_value_and_grad",
     "token_logprobs",

@@ -109,6 +109,22 @@ def _check_tokens(logits: jax.Array, tokens: jax.Array) -> None:
         )
 
 
+def sampled_logprobs(scaled_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:
+    """`log_softmax(scaled)[tokens]` per row, with the very arithmetic of a chunk of
+    `chunked_token_logprobs` (gather minus the two-pass `logsumexp`), so that the sampler and
+    the trainer turn equal logits into bitwise equal log-probs.
+
+    Args:
+        scaled_NxV: `[N, V]` float32 logits, already divided by the temperature; `-inf`
+            entries (tokens cut by top-k / top-p) carry no mass.
+        tokens_N: `[N]` ids (or candidate indices) whose log-prob is wanted.
+
+    Returns:
+        `[N]` float32 log-probs.
+    """
+    return _gather(scaled_NxV, tokens_N) - _lse_and_entropy_2pass(scaled_NxV)[0]
+
+
 def token_logprobs(logits: jax.Array, tokens: jax.Array, *, temperature: float = 1.0) -> jax.Array:
     """Log-probability of each chosen token.
 

@@ -34,6 +34,9 @@ class Rollout:
     # int32: multi-turn episodes, 1 for sampled tokens only (observation tokens are attended
     # but outside the loss, the KL and the entropy); None: every real completion token
     loss_mask_BT: jax.Array | None = None
+    # float32: the log-prob under the top-k / top-p renormalised distribution the token was
+    # drawn from (`sampling.logprob_mode: truncated` with a truncation; else None)
+    sampler_trunc_logp_BT: jax.Array | None = None
 
     @property
     def completion_mask_BT(self) -> jax.Array:
@@ -42,6 +45,14 @@ class Rollout:
             return self.loss_mask_BT
         T = self.sampler_logp_BT.shape[1]
         return self.attn_BL[:, -T:]
+
+    @property
+    def behaviour_logp_BT(self) -> jax.Array:
+        """The log-prob of each token under the distribution that drew it: the denominator of
+        the behaviour-policy importance weight."""
+        if self.sampler_trunc_logp_BT is not None:
+            return self.sampler_trunc_logp_BT
+        return self.sampler_logp_BT
 
 
 @_dataclass

@@ -40,6 +40,14 @@ class SamplingConfig:
     # LoRA: sample from the merged weights (folded once per call) rather than the factored
     # form (an extra low-rank product per projection and token); see docs/lora.md
     merge_adapters: bool = True
+    logprob_mode: str = "truncated"  # "full" | "truncated" (see docs/sampling.md)
+
+    @property
+    def reports_truncated(self) -> bool:
+        """Whether rollouts carry `sampler_trunc_logp_BT`: in `truncated` mode, when top-k or
+        top-p truncates the softmax the tokens are drawn from."""
+        cuts = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0)
+        return self.logprob_mode == "truncated" and cuts
 
 
 @dataclasses.dataclass
@@ -94,7 +102,7 @@ def _sample(
     params = bases.merged_policy(params) if s.merge_adapters else bases.policy_params(params)
     key = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
     greedy = s.temperature == 0.0
-    tokens, logp, mask = sampling.sample_tokens(
+    tokens, logp, mask, *trunc = sampling.sample_tokens(
         params,
         model,
         prompts.ids_BP,
@@ -107,11 +115,13 @@ def _sample(
         eos_id=s.eos_id,
         pad_id=s.pad_id,
         mesh=mesh if mesh.size > 1 else None,
+        truncated_logprobs=s.reports_truncated,
     )
     return Rollout(
         tokens_BL=jnp.concatenate([prompts.ids_BP, tokens], axis=1),
         attn_BL=jnp.concatenate([prompts.mask_BP, mask], axis=1),
         sampler_logp_BT=logp,
+        sampler_trunc_logp_BT=trunc[0] if trunc else None,
     )
 
 
@@ -175,6 +185,9 @@ def make_rl_programs(
         tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
         attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
         sampler_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32),
+        sampler_trunc_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32)
+        if s.reports_truncated
+        else None,
     )
     rollout_sh = rows_sharding(rollout_abs, mesh)
     sample = jax.jit(

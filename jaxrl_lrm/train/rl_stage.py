@@ -22,6 +22,7 @@ from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.rewards.executor import RewardExecutor
 from jaxrl_lrm.rewards.math import extract_answer
 from jaxrl_lrm.train import adapters, evaluation, host, setup
+from jaxrl_lrm.train.async_rl import AsyncRollouts
 from jaxrl_lrm.train.batch import Prompts
 from jaxrl_lrm.train.dapo import dapo_step
 from jaxrl_lrm.train.loop import SAMPLES, Stage
@@ -198,6 +199,7 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         temperature=c.sampling.temperature,
         top_k=c.sampling.top_k,
         top_p=c.sampling.top_p,
+        logprob_mode=c.sampling.logprob_mode,
         eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id,
     )
@@ -297,6 +299,14 @@ def evaluate(s: RLSetup, params, rows: list[dict] | None = None, key=None):
 # --------------------------------------------------------------------------- the stage
 
 
+def _step_metrics(out, G: int) -> dict:
+    return {
+        **out.metrics,
+        **host.reward_metrics(out.scores, out.mask_NT, G),
+        "rows": float(len(out.mask_NT)),
+    }
+
+
 def stage(s: RLSetup) -> Stage:
     """The loop's view of an RL run: one `rl_step` (or `dapo_step`) per step."""
     c, G, T = s.config, s.group_size, s.config.sampling.max_new_tokens
@@ -326,9 +336,23 @@ def stage(s: RLSetup) -> Stage:
             s.text, executor, s.token_fns, rows, G, texts, toks, m, guard
         )
 
+    stepper = None
+    if c.train.max_staleness:
+        stepper = AsyncRollouts(
+            s.programs,
+            s.spec,
+            prompts_and_score,
+            max_staleness=c.train.max_staleness,
+            steps=c.train.steps,
+            mesh=s.mesh,
+            T=T,
+        )
+
     def step(state: TrainState, k: int):
-        prompts, score = prompts_and_score()
-        if s.spec.dynamic_sampling:
+        if stepper is not None:
+            state, out = stepper(state, s.ref_params, k)
+        elif s.spec.dynamic_sampling:
+            prompts, score = prompts_and_score()
             state, out = dapo_step(
                 s.programs,
                 state,
@@ -343,12 +367,9 @@ def stage(s: RLSetup) -> Stage:
                 weights=weights,
             )
         else:
+            prompts, score = prompts_and_score()
             state, out = rl_step(s.programs, state, s.ref_params, prompts, score, mesh=s.mesh, T=T)
-        metrics = {
-            **out.metrics,
-            **host.reward_metrics(out.scores, out.mask_NT, G),
-            "rows": float(len(out.mask_NT)),
-        }
+        metrics = _step_metrics(out, G)
         if every and (k + 1) % every == 0:
             metrics[SAMPLES] = host.sample_table(out.scores, c.log.num_samples)
         return state, metrics

@@ -83,7 +83,8 @@ def accumulate_update(
     batching then never changes the loss. Metrics whose name contains "loss" are shares too and
     are summed; the others (per-token means: entropy, clip fraction, KL) are weighted by each
     micro-batch's share of the tokens, so they equal the whole batch's. Without `denom_fn` (or
-    with one micro-batch) `denom` is None and gradients and metrics are averaged."""
+    with one micro-batch) `denom` is None and gradients and metrics are averaged. Metrics
+    named `.../max...` are maxima: the largest over micro-batches."""
     exact = denom_fn is not None and micro_batches > 1
     denom = denom_fn(batch) if exact else None
     grad_fn = jax.value_and_grad(lambda p, mb: loss_fn(p, frozen, mb, denom), has_aux=True)
@@ -96,14 +97,20 @@ def accumulate_update(
 
     zeros = jax.tree.map(jnp.zeros_like, model.params)
     grads, (metrics, share) = jax.lax.scan(micro, zeros, _split(batch, micro_batches))
+    metrics_max = {k: metrics.pop(k) for k in list(metrics) if _is_max(k)}
     if exact:
         metrics = {k: jnp.sum(v) if "loss" in k else jnp.sum(v * share) for k, v in metrics.items()}
     else:
         grads = jax.tree.map(lambda g: g / micro_batches, grads)
         metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+    metrics |= {k: jnp.max(v) for k, v in metrics_max.items()}
     metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, model.opt_state, model.params)
     return ModelState(optax.apply_updates(model.params, updates), opt_state), metrics
+
+
+def _is_max(name: str) -> bool:
+    return "/max" in name
 
 
 def _mask_denominators(batch) -> losses.Denominators:
@@ -125,7 +132,8 @@ def epochs_update(
 ) -> tuple[ModelState, dict]:
     """`epochs` passes over `batch`, each `minibatches` optimizer updates with gradients
     accumulated over `micro_batches` (see `accumulate_update`, or `accumulate` with its
-    signature: `packing.accumulate`); metrics averaged over all updates."""
+    signature: `packing.accumulate`); metrics averaged over all updates (maxima: the
+    largest)."""
     accumulate = accumulate or accumulate_update
 
     def one(m, mb):
@@ -137,7 +145,8 @@ def epochs_update(
     for _ in range(epochs):
         model, m = jax.lax.scan(one, model, _split(batch, minibatches))
         per_epoch.append(m)
-    return model, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *per_epoch)
+    stacked = {k: jnp.stack([m[k] for m in per_epoch]) for k in per_epoch[0]}
+    return model, {k: jnp.max(v) if _is_max(k) else jnp.mean(v) for k, v in stacked.items()}
 
 
 # --------------------------------------------------------------------------- the RL update
@@ -164,8 +173,10 @@ class RLUpdateConfig:
     @property
     def need_old(self) -> bool:
         """Whether the ratio needs the sampling policy's log-probs from a separate pass
-        (several updates per step, or truncated importance weights against the sampler)."""
-        return self.epochs * self.minibatches > 1 or self.spec.tis_max is not None
+        (several updates per step, or importance weights against the behaviour policy:
+        truncated or decoupled)."""
+        multi = self.epochs * self.minibatches > 1
+        return multi or self.spec.tis_max is not None or self.spec.decoupled
 
 
 def _policy_loss(params, _, mb: dict, denom, *, cfg: RLUpdateConfig):
@@ -189,6 +200,7 @@ def _policy_loss(params, _, mb: dict, denom, *, cfg: RLUpdateConfig):
         old_logp_BT=old,
         ref_logp_BT=mb.get("ref_logp_BT"),
         sampler_logp_BT=mb["sampler_logp_BT"],
+        behaviour_logp_BT=mb.get("behaviour_logp_BT"),
         adv_BT=mb["adv_BT"],
         mask_BT=mb["mask_BT"],
         max_len=cfg.max_new_tokens,
@@ -245,6 +257,7 @@ def rl_update(
         **rows,
         "adv_BT": adv.adv_BT,
         "sampler_logp_BT": r.sampler_logp_BT,
+        "behaviour_logp_BT": r.sampler_trunc_logp_BT,  # None: the full-softmax log-probs
         "old_logp_BT": batch.scored.old_logp_BT,
         "ref_logp_BT": batch.scored.ref_logp_BT,
     }

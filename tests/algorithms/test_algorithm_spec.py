@@ -214,7 +214,14 @@ def test_clip_ranges_and_agg(d, agg, clip_low, clip_high):
         "clip/frac",
         "approx_kl",
         "mismatch/sampler_kl",
+        "mismatch/max_abs_logp",
+        "mismatch/mean_abs_logp",
+        "mismatch/frac_ratio_outside_clip",
     }
+    ratio = np.exp(d["old"] - d["sampler"])[d["mask"] > 0]
+    hi = 1 + (clip_high or clip_low)
+    frac = ((ratio < 1 - clip_low) | (ratio > hi)).mean()  # the algorithm's own clip band
+    assert float(m["mismatch/frac_ratio_outside_clip"]) == pytest.approx(frac, rel=1e-6)
 
 
 def test_dual_clip_caps_negative_advantages(d):
@@ -334,3 +341,52 @@ def test_core_read_fields_resolve_from_the_registry():
     assert (dapo.max_gen_rounds, dapo.overlong_cache) == (5, 0)
     grpo = algorithms.resolve(AlgorithmSection(name="grpo"))
     assert (grpo.dynamic_sampling, grpo.overlong_penalty, grpo.uses_value) == (False,) * 3
+
+
+def test_decoupled_weights_by_the_behaviour_ratio(d):
+    """Decoupled PPO: clip against the proximal policy (`old`), weight the advantages by
+    `exp(old - behaviour)`, uncapped, or capped at `tis_max`; `behaviour_logp_BT` (the
+    sampler's truncated log-probs) replaces `sampler_logp_BT` as the denominator."""
+    w_mask = agg_w(d["mask"], "token-mean")
+    w = np.exp(d["old"] - d["sampler"])
+    loss, _ = obj(spec(decoupled=True), d)
+    assert float(loss) == pytest.approx(np_clip_loss(d, d["adv"] * w, 0.2, 0.2, w_mask), rel=1e-5)
+    capped, _ = obj(spec(decoupled=True, tis_max=1.5), d)
+    want = np_clip_loss(d, d["adv"] * np.minimum(w, 1.5), 0.2, 0.2, w_mask)
+    assert float(capped) == pytest.approx(want, rel=1e-5)
+    trunc = d["sampler"] + 0.3
+    loss_t, m_t = obj(spec(decoupled=True), d, behaviour_logp_BT=trunc)
+    want_t = np_clip_loss(d, d["adv"] * np.exp(d["old"] - trunc), 0.2, 0.2, w_mask)
+    assert float(loss_t) == pytest.approx(want_t, rel=1e-5)
+    # the mismatch metrics stay full-softmax against full-softmax
+    dd = np.abs(d["old"] - d["sampler"])[d["mask"] > 0]
+    assert float(m_t["mismatch/max_abs_logp"]) == pytest.approx(dd.max(), rel=1e-6)
+    assert float(m_t["mismatch/mean_abs_logp"]) == pytest.approx(dd.mean(), rel=1e-5)
+
+
+def test_decoupled_equals_standard_when_behaviour_is_proximal(d):
+    """Behaviour = proximal: the weight is exactly 1, so loss, metrics and gradient are
+    bitwise the standard objective's."""
+
+    def run(s):
+        def f(logp):
+            return algorithms.objective(
+                s,
+                logp,
+                d["ent"],
+                old_logp_BT=d["old"],
+                ref_logp_BT=None,
+                sampler_logp_BT=d["old"],
+                adv_BT=d["adv"],
+                mask_BT=d["mask"],
+                max_len=T,
+            )
+
+        return jax.value_and_grad(f, has_aux=True)(jnp.asarray(d["logp"]))
+
+    (l0, m0), g0 = run(spec())
+    (l1, m1), g1 = run(spec(decoupled=True))
+    assert float(l0) == float(l1)
+    np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
+    assert {k: float(v) for k, v in m0.items()} == {k: float(v) for k, v in m1.items()}
+    assert float(m1["mismatch/max_abs_logp"]) == 0.0

@@ -169,3 +169,26 @@ def test_memory_quick_summary_both_reference_dtypes():
         assert s[f"live_device_mb_ref_{dtype}"] >= 3 * 4 * n / 2**20 + s[f"ref_mb_{dtype}"]
         assert s[f"device_peak_mb_ref_{dtype}"] >= s[f"live_device_mb_ref_{dtype}"]
         assert s[f"peak_rss_mb_ref_{dtype}"] > s[f"live_device_mb_ref_{dtype}"]
+
+
+@pytest.mark.slow
+def test_async_quick_speedup():
+    """`python -m jaxrl_lrm.bench async --quick`: max_staleness=1 against synchronous, in one
+    run, with a 0.3 s reward: at least 1.5x the steps per second; every async batch at most
+    one version old."""
+    import importlib
+
+    s = importlib.import_module("jaxrl_lrm.bench.async").run(quick=True)["summary"]
+    assert s["async_speedup"] >= 1.5, s
+    hist = s["async_staleness_hist"]
+    assert set(hist) == {"async/staleness_hist/0", "async/staleness_hist/1"}, hist
+    assert 0.0 <= s["async_device_idle_frac"] <= 1.0
+
+
+@pytest.mark.slow
+def test_mismatch_quick_float32_within_1e6():
+    from jaxrl_lrm.bench import mismatch
+
+    s = mismatch.run(quick=True)["summary"]
+    assert 0 < s["float32_max_abs_logp"] <= 1e-6, s
+    assert s["float32_tokens"] > 0 and s["bfloat16_tokens"] > 0
