@@ -307,6 +307,22 @@ def _step_metrics(out, G: int) -> dict:
     }
 
 
+def _async_stepper(s: RLSetup, prompts_and_score) -> AsyncRollouts | None:
+    """The asynchronous step of `train.max_staleness >= 1`, or None (synchronous)."""
+    c = s.config.train
+    if not c.max_staleness:
+        return None
+    return AsyncRollouts(
+        s.programs,
+        s.spec,
+        prompts_and_score,
+        max_staleness=c.max_staleness,
+        steps=c.steps,
+        mesh=s.mesh,
+        T=s.config.sampling.max_new_tokens,
+    )
+
+
 def stage(s: RLSetup) -> Stage:
     """The loop's view of an RL run: one `rl_step` (or `dapo_step`) per step."""
     c, G, T = s.config, s.group_size, s.config.sampling.max_new_tokens
@@ -336,17 +352,7 @@ def stage(s: RLSetup) -> Stage:
             s.text, executor, s.token_fns, rows, G, texts, toks, m, guard
         )
 
-    stepper = None
-    if c.train.max_staleness:
-        stepper = AsyncRollouts(
-            s.programs,
-            s.spec,
-            prompts_and_score,
-            max_staleness=c.train.max_staleness,
-            steps=c.train.steps,
-            mesh=s.mesh,
-            T=T,
-        )
+    stepper = _async_stepper(s, prompts_and_score)
 
     def step(state: TrainState, k: int):
         if stepper is not None:
