@@ -156,6 +156,16 @@ def needs_old_pass(cfg: upd.RLUpdateConfig, has_ref: bool) -> bool:
     return cfg.need_old or (cfg.spec.kl_in_reward and has_ref)
 
 
+def _rollout_shapes(rows: int, P: int, T: int, truncated: bool) -> Rollout:
+    f32 = jax.ShapeDtypeStruct((rows, T), jnp.float32)
+    return Rollout(
+        tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
+        attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
+        sampler_logp_BT=f32,
+        sampler_trunc_logp_BT=f32 if truncated else None,
+    )
+
+
 def make_rl_programs(
     cfg: upd.RLUpdateConfig,
     s: SamplingConfig,
@@ -181,14 +191,7 @@ def make_rl_programs(
     prompts_sh = rows_sharding(
         Prompts(ids_BP=jnp.zeros((rows, P)), mask_BP=jnp.zeros((rows, P))), mesh
     )
-    rollout_abs = Rollout(
-        tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
-        attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
-        sampler_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32),
-        sampler_trunc_logp_BT=jax.ShapeDtypeStruct((rows, T), jnp.float32)
-        if s.reports_truncated
-        else None,
-    )
+    rollout_abs = _rollout_shapes(rows, P, T, s.reports_truncated)
     rollout_sh = rows_sharding(rollout_abs, mesh)
     sample = jax.jit(
         lambda b, p, pr, r, k: _sample(b, p, pr, r, k, model=cfg.model, s=s, mesh=mesh),
