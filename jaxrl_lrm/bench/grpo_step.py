@@ -90,16 +90,17 @@ def make_config(
     ref_dtype: str | None = None,
     prompt_len: int = 16,
     pack_rows: int = 0,
+    lora_rank: int = 0,
 ) -> Config:
-    """The benchmark's run config (GRPO on the `addition` task, one device)."""
+    """The benchmark's run config (GRPO on the `addition` task, one device; LoRA adapters on
+    every projection at `lora_rank` > 0)."""
+    model = {"preset": preset, "overrides": {"vocab_size": vocab_size}, "ref_dtype": ref_dtype}
+    if lora_rank:
+        model["lora"] = {"rank": lora_rank, "alpha": 2.0 * lora_rank}
     return from_dict(
         {
             "seed": 0,
-            "model": {
-                "preset": preset,
-                "overrides": {"vocab_size": vocab_size},
-                "ref_dtype": ref_dtype,
-            },
+            "model": model,
             "data": {"source": "task", "task": "addition", "max_prompt_len": prompt_len},
             "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
             "algorithm": {"name": "grpo", "group_size": group, "beta": beta, "kl_kind": "k3"},

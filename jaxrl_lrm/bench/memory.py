@@ -2,8 +2,13 @@
 [--prompts N] [--group G] [--new-tokens T]`.
 
 Runs the `grpo_step` benchmark's step (the trainer's pieces, `bench-cpu`, vocabulary 8192,
-GRPO with a k3 KL reference) twice in a fresh subprocess per reference dtype, float32 and
-bfloat16 (`model.ref_dtype`), so each peak is its own. Per variant:
+GRPO with a k3 KL reference) three times in a fresh subprocess per variant, so each peak is
+its own: full fine-tuning with a float32 and a bfloat16 reference (`model.ref_dtype`), and LoRA
+rank 16 on every projection (`model.lora.rank=16`; the reference is the base, no copy). The
+summary's `lora_state_ratio` is the LoRA run's live device bytes over the full float32 run's
+(policy + reference + optimizer state and whatever else the trainer keeps alive), and
+`step_s_full` / `step_s_lora` the GRPO step times (median of the steps after the first). Per
+variant:
 
 - `peak_rss_mb`: the process's peak resident set (`getrusage`), compilation included; on a
   CPU backend device buffers live in host memory, so this covers them too.
@@ -38,9 +43,15 @@ def _mb(n: float) -> float:
 
 
 def measure(
-    preset: str, prompts: int, group: int, new_tokens: int, ref_dtype: str, vocab_size: int = 8192
+    preset: str,
+    prompts: int,
+    group: int,
+    new_tokens: int,
+    ref_dtype: str,
+    vocab_size: int = 8192,
+    lora_rank: int = 0,
 ) -> dict:
-    """One variant in this process: two full steps, then the memory figures (see module doc)."""
+    """One variant in this process: three full steps, then the memory figures (module doc)."""
     if ref_dtype not in DTYPES:
         raise ValueError(f"ref_dtype={ref_dtype!r}: expected one of {DTYPES}")
     from jaxrl_lrm.bench import grpo_step
@@ -50,33 +61,23 @@ def measure(
         prompts=prompts,
         group=group,
         new_tokens=new_tokens,
-        ref_dtype=ref_dtype,
+        ref_dtype=None if lora_rank else ref_dtype,
         vocab_size=vocab_size,
+        lora_rank=lora_rank,
     )
     parts = grpo_step.build(config)
     try:
         rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        for i in range(2):
-            _, metrics = grpo_step.full_step(parts, i)
+        times = []
+        for i in range(3):
+            wall, metrics = grpo_step.full_step(parts, i)
+            times.append(wall)
     finally:
         parts["stage"].on_close()
     live = sum(x.nbytes for x in jax.live_arrays())
     s, st = parts["setup"], parts["state"]
     ref = sum(x.nbytes for x in jax.tree.leaves(s.ref_params))
-    rows = [s.train_rows[i] for i in range(s.config.train.prompts_per_step)]
-    _, ids, mask = s.text.encode(rows, s.group_size)
-    prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
-    rollout = s.programs.sample(st.params, prompts, st.rng, st.step)
-    scored = s.programs.score(st, s.ref_params, rollout)
-    rewards = sharding.shard_batch(
-        Rewards(rewards_B=np.zeros(len(ids), np.float32), dense_BT=None), s.mesh
-    )
-    batch = RolloutBatch(rollout=rollout, scored=scored, rewards=rewards)
-    progs = {
-        "sample": _util.compiled_memory(s.programs.sample, st.params, prompts, st.rng, st.step),
-        "ref_logprobs": _util.compiled_memory(s.programs.score, st, s.ref_params, rollout),
-        "update": _util.compiled_memory(s.programs.update, st, batch),
-    }
+    progs = _program_memory(s, st)
     stats = jax.devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         device_peak, source = stats["peak_bytes_in_use"], "memory_stats"
@@ -88,6 +89,8 @@ def measure(
         device_peak, source = live + extra, "memory_analysis"
     return {
         "ref_dtype": ref_dtype,
+        "lora_rank": lora_rank,
+        "step_s": float(np.median(times[1:])),
         "peak_rss_mb": _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
         "rss_after_build_mb": _mb(rss_built),
         "live_device_mb": _mb(live),
@@ -98,6 +101,25 @@ def measure(
         "opt_state_mb": _mb(sum(x.nbytes for x in jax.tree.leaves(st.policy.opt_state))),
         "programs_mb": {k: {n: _mb(v) for n, v in p.items()} for k, p in progs.items()},
         "loss": metrics["loss/total"],
+    }
+
+
+def _program_memory(s, st) -> dict:
+    """`memory_analysis()` of the sampler, the score pass and the update, compiled for a
+    batch of the run's own rows."""
+    rows = [s.train_rows[i] for i in range(s.config.train.prompts_per_step)]
+    _, ids, mask = s.text.encode(rows, s.group_size)
+    prompts = sharding.shard_batch(Prompts(ids_BP=ids, mask_BP=mask), s.mesh)
+    rollout = s.programs.sample(st.params, prompts, st.rng, st.step)
+    scored = s.programs.score(st, s.ref_params, rollout)
+    rewards = sharding.shard_batch(
+        Rewards(rewards_B=np.zeros(len(ids), np.float32), dense_BT=None), s.mesh
+    )
+    batch = RolloutBatch(rollout=rollout, scored=scored, rewards=rewards)
+    return {
+        "sample": _util.compiled_memory(s.programs.sample, st.params, prompts, st.rng, st.step),
+        "ref_logprobs": _util.compiled_memory(s.programs.score, st, s.ref_params, rollout),
+        "update": _util.compiled_memory(s.programs.update, st, batch),
     }
 
 
@@ -121,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=None)
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--lora-rank", type=int, default=16, help="the LoRA variant's rank")
     return p
 
 
@@ -132,26 +155,13 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         a.group or (4 if quick else 8),
         a.new_tokens or (32 if quick else 128),
     ]
-    variants = {}
-    for dtype in DTYPES:
-        variants[dtype] = _child(
-            [
-                "--child",
-                "--preset",
-                a.preset,
-                "--prompts",
-                str(sizes[0]),
-                "--group",
-                str(sizes[1]),
-                "--new-tokens",
-                str(sizes[2]),
-                "--vocab-size",
-                str(a.vocab_size),
-                "--ref-dtype",
-                dtype,
-            ]
-        )
-    f32, b16 = variants["float32"], variants["bfloat16"]
+    common = ["--child", "--preset", a.preset, "--vocab-size", str(a.vocab_size)]
+    common += ["--prompts", str(sizes[0]), "--group", str(sizes[1]), "--new-tokens", str(sizes[2])]
+    variants = {
+        dtype: _child([*common, "--ref-dtype", dtype, "--lora-rank", "0"]) for dtype in DTYPES
+    }
+    variants["lora"] = _child([*common, "--lora-rank", str(a.lora_rank)])
+    f32, b16, low = variants["float32"], variants["bfloat16"], variants["lora"]
     summary = {
         "peak_rss_mb_ref_fp32": f32["peak_rss_mb"],
         "peak_rss_mb_ref_bf16": b16["peak_rss_mb"],
@@ -162,6 +172,11 @@ def run(quick: bool = False, extra_args: list[str] | None = None) -> dict:
         "ref_mb_fp32": f32["ref_mb"],
         "ref_mb_bf16": b16["ref_mb"],
         "device_source": f32["device_source"],
+        "lora_rank": a.lora_rank,
+        "live_device_mb_lora": low["live_device_mb"],
+        "lora_state_ratio": low["live_device_mb"] / f32["live_device_mb"],
+        "step_s_full": f32["step_s"],
+        "step_s_lora": low["step_s"],
     }
     _util.print_table(
         summary, f"memory of a GRPO step, {a.preset}, {sizes[0]} x {sizes[1]} x {sizes[2]}"
@@ -186,5 +201,6 @@ if __name__ == "__main__":
         args.new_tokens or 128,
         args.ref_dtype,
         args.vocab_size,
+        args.lora_rank,
     )
     print(json.dumps(result, default=float))
