@@ -135,17 +135,16 @@ def test_two_processes_agree_with_single_process(tmp_path):
     assert np.std(ref_logits) > 1e-3  # the comparison is not between two near-constant arrays
 
 
-@pytest.mark.slow
-def test_cli_train_two_processes(tmp_path):
-    """`jaxrl-lrm train` with explicit coordinator flags, 2 processes sharing one run_dir."""
+def _train_cli(run_dir: Path, extra: list[str], num_processes: int) -> list[dict]:
+    """`jaxrl-lrm train configs/smoke.yaml` over `num_processes` processes of
+    `4 // num_processes` devices each (one 4-device mesh either way); the metrics records."""
     address = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
     )
-    run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
         "-m",
@@ -156,21 +155,20 @@ def test_cli_train_two_processes(tmp_path):
         "train.checkpoint_every=2",
         "train.eval_every=0",
         f"run_dir={run_dir}",
-        "--coordinator-address",
-        address,
-        "--num-processes",
-        str(NUM_PROCESSES),
+        *extra,
     ]
+    if num_processes > 1:
+        cmd += ["--coordinator-address", address, "--num-processes", str(num_processes)]
     procs = [
         subprocess.Popen(
-            [*cmd, "--process-id", str(i)],
+            [*cmd, *(["--process-id", str(i)] if num_processes > 1 else [])],
             env=env,
             cwd=REPO,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for i in range(NUM_PROCESSES)
+        for i in range(num_processes)
     ]
     try:
         outs = [p.communicate(timeout=4 * TIMEOUT_S)[0] for p in procs]
@@ -181,7 +179,28 @@ def test_cli_train_two_processes(tmp_path):
                 p.wait()
     for i, (p, text) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {i} failed (rc {p.returncode}):\n{text[-3000:]}"
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_cli_train_two_processes(tmp_path):
+    """`jaxrl-lrm train` with explicit coordinator flags, 2 processes sharing one run_dir."""
+    run_dir = tmp_path / "run"
+    records = _train_cli(run_dir, [], NUM_PROCESSES)
     assert [r["step"] for r in records] == [1, 2]  # written once, by process 0
     assert all(np.isfinite(r["loss/total"]) and 0 <= r["reward/mean"] <= 1 for r in records)
     assert (run_dir / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_lora_two_processes_equal_one_process(tmp_path):
+    """LoRA over 2 processes x 2 devices trains as 1 process x 4 devices (same mesh, same
+    data): the same losses, rewards and gradient norms, step by step."""
+    lora = ["model.lora.rank=4", "model.lora.alpha=8"]
+    two = _train_cli(tmp_path / "two", lora, NUM_PROCESSES)
+    one = _train_cli(tmp_path / "one", lora, 1)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(two, one):
+        assert a["reward/mean"] == b["reward/mean"]
+        for key in ("loss/total", "grad_norm"):
+            assert np.isclose(a[key], b[key], rtol=1e-4, atol=1e-6), (key, a[key], b[key])
