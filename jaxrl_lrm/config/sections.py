@@ -38,6 +38,8 @@ class LoraSection:
 
     def __post_init__(self):
         check_ranges(self, "model.lora")
+        if isinstance(self.targets, list):  # YAML gives a list; the config is hashable and
+            object.__setattr__(self, "targets", tuple(self.targets))  # saves and loads equal
         try:
             lora.check_targets(self.targets)
         except ValueError:

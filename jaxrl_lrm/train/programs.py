@@ -220,10 +220,10 @@ def make_rl_programs(
         scored=rows_sharding(scored_abs, mesh),
         rewards=rows_sharding(rewards_abs, mesh),
     )
-    update = jax.jit(
-        lambda st, b, bs: upd.rl_update(st, b, cfg=cfg, bases=bs),
-        donate_argnums=0,
-        in_shardings=(state_sh, batch_sh, bases_sh),
+    update = jax.jit(  # bases first, as for sample and score: a partial binds them
+        lambda bs, st, b: upd.rl_update(st, b, cfg=cfg, bases=bs),
+        donate_argnums=1,
+        in_shardings=(bases_sh, state_sh, batch_sh),
         out_shardings=(state_sh, rep),
     )
     generate = _generator(cfg.model, s, mesh, bases)
@@ -238,7 +238,7 @@ def make_rl_programs(
         },
         sample=functools.partial(sample, bases),
         score=functools.partial(score, bases),
-        update=lambda st, b: update(st, b, bases),
+        update=functools.partial(update, bases),
         generate=generate,
         take_rows=take,
     )
