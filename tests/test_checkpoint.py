@@ -244,6 +244,67 @@ def test_checksum_sees_one_flipped_bit_and_swapped_values():
     assert checksums.summaries(x + 0.0) == base
 
 
+def _np_checksum(x: np.ndarray) -> str:
+    """The documented checksum in NumPy, over the whole array at once: words of the bytes
+    (uint32, one per element below 4 bytes), keyed by flat position, mixed by MurmurHash3's
+    finaliser, summed mod 2**32 twice."""
+
+    def mix(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    size = x.dtype.itemsize
+    raw = x.reshape(-1).view({1: np.uint8, 2: np.uint16}.get(size, np.uint32))
+    w = raw.astype(np.uint32)
+    pos = np.arange(w.size, dtype=np.uint32)
+    key = mix(pos * np.uint32(0x9E3779B9) + np.uint32(0x7F4A7C15))
+    h1 = int(mix(w ^ key).astype(np.uint64).sum() % 2**32)
+    h2 = int(mix(w + mix(key ^ np.uint32(0x632BE5AB))).astype(np.uint64).sum() % 2**32)
+    return f"{h1:08x}{h2:08x}"
+
+
+@pytest.mark.parametrize(
+    "spec", [P(), P("data", "fsdp"), P(None, "data"), P("fsdp")], ids=["repl", "2d", "part", "1d"]
+)
+def test_checksums_match_numpy_on_every_sharding(spec, monkeypatch):
+    """Each leaf's checksum equals the NumPy formula over the gathered array, for replicated,
+    2-D, partially replicated and 1-D shardings (one replica of each piece counts once), for
+    float32, bfloat16, int8, bool and 0-d leaves; and every program it runs is on one device
+    (no collective: side-by-side collective programs can deadlock XLA:CPU's devices)."""
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"))
+    k = jax.random.key(3)
+    tree = {
+        "f32": jax.random.normal(k, (16, 12)),
+        "bf16": jax.random.normal(k, (8, 8), jnp.bfloat16),
+        "i8": jnp.arange(64, dtype=jnp.int8).reshape(8, 8),
+        "bool": jax.random.bernoulli(k, 0.5, (8, 4)),
+        "scalar": jnp.float32(-2.5),
+    }
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, spec if x.ndim >= len(spec) else P()))
+    devices_seen = []
+    real = checksums._shard_summary
+    monkeypatch.setattr(
+        checksums,
+        "_shard_summary",
+        lambda x, *a: devices_seen.append(len(x.devices())) or real(x, *a),
+    )
+    got = checksums.summaries(jax.tree.map(put, tree))
+    want = {f"['{n}']": _np_checksum(np.asarray(x)) for n, x in tree.items()}
+    assert {n: v[1] for n, v in got.items()} == want
+    assert set(devices_seen) == {1} and len(devices_seen) >= len(tree)
+    assert got["['bf16']"][2:] == ([8, 8], "bfloat16") and all(v[0] for v in got.values())
+    nan = put(tree["f32"].at[3, 5].set(jnp.nan))
+    assert checksums.summaries({"x": nan})["['x']"][0] is False
+    assert checksums.all_finite({"x": nan, "i": tree["i8"]}) is False
+    assert checksums.all_finite(jax.tree.map(put, tree)) is True
+
+
 # ----------------------------------------------------------------------------- read-only
 
 
