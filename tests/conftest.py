@@ -3,8 +3,13 @@
 import os
 import tempfile
 
+# The tests' programs are tiny, so compiling them is most of the suite's time: LLVM's
+# optimisation level 0 compiles them in about 30 % less CPU time (measured on tests/train,
+# 2 vCPUs). XLA's semantics do not change with it; the numbers are checked against references
+# at tolerances (and run-vs-run comparisons are between programs compiled the same way).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

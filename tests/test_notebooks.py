@@ -3,6 +3,7 @@ stored without outputs. The committed `.ipynb` files are the source (see docs/de
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,16 @@ def test_stored_without_outputs(name):
     assert len(set(ids)) == len(ids), "cell ids must be unique"
 
 
+def _one_device_flags() -> str:
+    """XLA_FLAGS without the test session's 8 simulated devices: the kernel sees one CPU device,
+    as on a user's machine (the notebooks' sharded cells run on whatever devices there are)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(name):
+def test_notebook_executes(name, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", _one_device_flags())
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         nb,
