@@ -21,6 +21,7 @@ from jaxrl_lrm.config.load import (
 from jaxrl_lrm.config.sections import (
     DEFAULT_PRESET,
     DataSection,
+    EnvSection,
     EvalSection,
     LogSection,
     LoraSection,
@@ -41,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataSection",
+    "EnvSection",
     "EvalSection",
     "LogSection",
     "LoraSection",

@@ -324,3 +324,84 @@ class LogSection:
 
     def __post_init__(self):
         check_ranges(self, "log")
+
+
+ENV_TOOL_KEYS = ("tools", "reward", "max_turns", "tool_timeout_s", "num_workers", "error_reward")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnvSection:
+    """`env.*`: multi-turn, tool-using episodes instead of single completions ([Agents](agents.md)).
+
+    Attributes:
+        name: the environment: `tools` (the built-in tool environment) or
+            `module.path:function` (a factory called with `env.options` that returns an
+            environment); null: single-turn RL (every other `env` key is then an error).
+        tools: `tools` only: the tools the model may call, each a built-in name
+            (`calculator`, `python`, `search`), `module.path:attribute`, or `{name: ...,
+            option: value}` (e.g. `{name: search, corpus: FILE.jsonl}`).
+        reward: `tools` only: `module.path:function`, `(row, final_turn_text) -> float`,
+            the reward of the turn that ends the episode; null: 0 (the scalar
+            `rewards.functions` still score the whole transcript).
+        max_turns (>= 1): `tools` only: assistant turns per episode; a call in the last one
+            goes unanswered.
+        tool_timeout_s (> 0): `tools` only: seconds one tool call may run before its worker
+            is killed and the observation reports the timeout.
+        num_workers (>= 1): `tools` only: worker processes that run tool calls.
+        error_reward (any): `tools` only: the turn reward of a malformed or failed call.
+        options: a user environment's factory keyword arguments (not with `tools`).
+        max_tool_output_tokens (>= 1): an observation's content is cut to this many tokens.
+        stop: the text that ends a turn for the host (the sampler stops the row there).
+        threads (>= 0): episodes stepped at once on the host (their tool calls in parallel);
+            0: one by one.
+    """
+
+    name: str | None = None
+    tools: tuple[str | dict, ...] = ("calculator",)
+    reward: str | None = None
+    max_turns: int = 4
+    tool_timeout_s: float = 10.0
+    num_workers: int = 2
+    error_reward: float = 0.0
+    options: dict = dataclasses.field(default_factory=dict)
+    max_tool_output_tokens: int = 64
+    stop: str = "</tool_call>"
+    threads: int = 0
+
+    def __post_init__(self):
+        check_ranges(self, "env")
+        if isinstance(self.tools, list):  # YAML gives a list; saved and loaded configs equal
+            object.__setattr__(self, "tools", tuple(self.tools))
+        changed = [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name)
+            != (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        ]
+        if self.name is None:
+            for k in changed:
+                check(
+                    False,
+                    f"env.{k}",
+                    getattr(self, k),
+                    "unset without env.name (single-turn RL ignores it)",
+                )
+            return
+        check(bool(self.stop), "env.stop", self.stop, "a non-empty string")
+        if self.name == "tools":
+            check(bool(self.tools), "env.tools", list(self.tools), "at least one tool")
+            check(
+                not self.options,
+                "env.options",
+                self.options,
+                "{} with env.name=tools (use env.tools, env.reward, ...)",
+            )
+            return
+        for k in ENV_TOOL_KEYS:
+            if k in changed:
+                check(
+                    False,
+                    f"env.{k}",
+                    getattr(self, k),
+                    f"unset with the user environment {self.name!r} (its settings go in env.options)",
+                )

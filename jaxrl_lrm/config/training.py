@@ -10,6 +10,7 @@ from jaxrl_lrm.algorithms.spec import explicit_keys
 from jaxrl_lrm.config.keys import ConfigError, check, check_ranges
 from jaxrl_lrm.config.sections import (
     DataSection,
+    EnvSection,
     EvalSection,
     LogSection,
     MeshSection,
@@ -189,6 +190,7 @@ class Config:
         eval: see `eval.*`.
         sft: see `sft.*`.
         log: see `log.*`.
+        env: see `env.*`.
         stage: what `jaxrl-lrm train` runs: `rl`, `sft`, `dpo` or `reward_model`.
         demo: run the SFT / control / RL comparison and write `demo_summary.json`.
     """
@@ -205,6 +207,7 @@ class Config:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     sft: SFTSection = dataclasses.field(default_factory=SFTSection)
     log: LogSection = dataclasses.field(default_factory=LogSection)
+    env: EnvSection = dataclasses.field(default_factory=EnvSection)
     stage: str = "rl"
     demo: bool = False
 
@@ -229,10 +232,34 @@ class Config:
                 f"train.max_staleness={k!r}: not with DAPO's dynamic sampling "
                 f"(algorithm.name={self.algorithm.name!r}); use train.max_staleness=0"
             )
+        self._check_env()
         rows = self.train.prompts_per_step * self.algorithm.group_size
         mb = self.train.minibatches * self.train.micro_batches
         if rows % mb:
             raise ConfigError(
                 f"train.prompts_per_step*algorithm.group_size={rows} is not divisible by "
                 f"train.minibatches*train.micro_batches={mb}"
+            )
+
+    def _check_env(self):
+        """Multi-turn episodes: what the episode sampler does not do is an error."""
+        name, s = self.env.name, self.sampling
+        if name is None:
+            return
+        check(self.stage == "rl", "stage", self.stage, f"rl with env.name={name!r}")
+        if self.train.max_staleness:
+            raise ConfigError(
+                f"train.max_staleness={self.train.max_staleness!r}: expected 0 with "
+                f"env.name={name!r} (episodes are sampled synchronously)"
+            )
+        if REGISTRY[self.algorithm.name].spec_kwargs()["dynamic_sampling"]:
+            raise ConfigError(
+                f"algorithm.name={self.algorithm.name!r}: DAPO's dynamic sampling is not "
+                f"built for episodes (env.name={name!r}); use another algorithm"
+            )
+        if s.logprob_mode == "truncated" and (s.top_k > 0 or s.top_p < 1.0):
+            raise ConfigError(
+                f"sampling.logprob_mode={s.logprob_mode!r}: expected full with "
+                f"env.name={name!r} and top-k / top-p (the episode sampler reports the "
+                "full-softmax log-prob)"
             )

@@ -156,12 +156,13 @@ def needs_old_pass(cfg: upd.RLUpdateConfig, has_ref: bool) -> bool:
     return cfg.need_old or (cfg.spec.kl_in_reward and has_ref)
 
 
-def _rollout_shapes(rows: int, P: int, T: int, truncated: bool) -> Rollout:
+def _rollout_shapes(rows: int, P: int, T: int, truncated: bool, multiturn: bool) -> Rollout:
     f32 = jax.ShapeDtypeStruct((rows, T), jnp.float32)
     return Rollout(
         tokens_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
         attn_BL=jax.ShapeDtypeStruct((rows, P + T), jnp.int32),
         sampler_logp_BT=f32,
+        loss_mask_BT=jax.ShapeDtypeStruct((rows, T), jnp.int32) if multiturn else None,
         sampler_trunc_logp_BT=f32 if truncated else None,
     )
 
@@ -177,11 +178,14 @@ def make_rl_programs(
     dense: bool,
     keep: bool = False,
     bases: Bases | None = None,
+    multiturn: bool = False,
 ) -> Programs:
     """`sample`, `score`, `update` and `generate` for an RL run of `rows` global rows (prompts x
     group size x processes) per step, with the layouts of `state` and `ref_params`; `dense`:
     whether token-level rewards come with the scalar ones; `keep`: whether rows carry a keep
-    weight (DAPO); `bases`: LoRA's frozen base weights, bound as the programs' first argument."""
+    weight (DAPO); `bases`: LoRA's frozen base weights, bound as the programs' first argument;
+    `multiturn`: rollouts are episodes (`episodes.to_rollout`) and carry `loss_mask_BT`, which
+    `score` and `update` take with the rows' sharding (`sample` is not used then)."""
     bases = Bases() if bases is None else bases
     bases_sh = params_sharding(bases, mesh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -191,12 +195,12 @@ def make_rl_programs(
     prompts_sh = rows_sharding(
         Prompts(ids_BP=jnp.zeros((rows, P)), mask_BP=jnp.zeros((rows, P))), mesh
     )
-    rollout_abs = _rollout_shapes(rows, P, T, s.reports_truncated)
+    rollout_abs = _rollout_shapes(rows, P, T, s.reports_truncated, multiturn)
     rollout_sh = rows_sharding(rollout_abs, mesh)
     sample = jax.jit(
         lambda b, p, pr, r, k: _sample(b, p, pr, r, k, model=cfg.model, s=s, mesh=mesh),
         in_shardings=(bases_sh, state_sh.policy.params, prompts_sh, rep, rep),
-        out_shardings=rollout_sh,
+        out_shardings=rows_sharding(_rollout_shapes(rows, P, T, s.reports_truncated, False), mesh),
     )
     with_old = needs_old_pass(cfg, ref_params is not None)
 

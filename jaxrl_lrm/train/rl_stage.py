@@ -21,7 +21,7 @@ from jaxrl_lrm.data.overlong import fit_source
 from jaxrl_lrm.models.config import ModelConfig
 from jaxrl_lrm.rewards.executor import RewardExecutor
 from jaxrl_lrm.rewards.math import extract_answer
-from jaxrl_lrm.train import adapters, evaluation, host, setup
+from jaxrl_lrm.train import adapters, evaluation, host, multiturn, setup
 from jaxrl_lrm.train.async_rl import AsyncRollouts
 from jaxrl_lrm.train.batch import Prompts
 from jaxrl_lrm.train.dapo import dapo_step
@@ -56,6 +56,7 @@ class RLSetup:
     schedule: Any
     update_config: RLUpdateConfig
     bases: Bases = Bases()  # LoRA's frozen base weights (all None in full fine-tuning)
+    env: multiturn.EnvRun | None = None  # `env.*`: episodes instead of single completions
 
     @property
     def group_size(self) -> int:
@@ -170,12 +171,13 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
     policy = setup.build_policy(c, tokenizer, mesh)
     params = policy.params if init_params is None else init_params
     spec = algorithms.resolve(c.algorithm)
-    scalar_fns, token_fns = host.split_reward_fns(setup.build_rewards(c, task, mesh))
+    env = multiturn.build(c, tokenizer)
+    scalar_fns, token_fns = multiturn.reward_fns(c, env, lambda: setup.build_rewards(c, task, mesh))
     template = "plain" if task is not None and c.data.template == "auto" else c.data.template
     P, truncate = c.data.max_prompt_len, c.data.overlong == "truncate"
     text = host.Text(tokenizer, template, P, system=c.data.system, truncate=truncate)
     train_rows, eval_rows = (load_rows(c, text, split) for split in sources.SPLITS)
-    eval_fn = eval_reward(c, scalar_fns)
+    eval_fn = eval_reward(c, scalar_fns) if env is None or c.eval.reward else None
     if isinstance(eval_fn, str) and c.train.eval_every:
         raise ConfigError(f"train.eval_every={c.train.eval_every}: {eval_fn}")
     ucfg, schedule = _update_config(c, spec, policy.config, c.data.max_prompt_len)
@@ -210,9 +212,10 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         state=state,
         ref_params=ref,
         rows=rows,
-        dense=bool(token_fns),
+        dense=bool(token_fns) or env is not None,
         keep=spec.dynamic_sampling,
         bases=bases,
+        multiturn=env is not None,
     )
     return RLSetup(
         config=c,
@@ -232,6 +235,7 @@ def build(config: Config, *, mesh=None, init_params=None) -> RLSetup:
         schedule=schedule,
         update_config=ucfg,
         bases=bases,
+        env=env,
     )
 
 
@@ -286,6 +290,9 @@ def evaluate(s: RLSetup, params, rows: list[dict] | None = None, key=None):
     key = (
         jax.random.fold_in(jax.random.key(s.config.seed), EVAL_SEED_OFFSET) if key is None else key
     )
+    if s.env is not None:  # episodes; correct by `eval.reward`, else by the environment's reward
+        fn = None if s.eval_fn is None else (lambda rs, cs: correct(s, rs, cs))
+        return multiturn.evaluate(s, params, rows, key, fn, lambda x: extract(s, x))
     return evaluation.evaluate(
         rows,
         complete=lambda rs, t, n: complete(s, params, rs, t, n, key),
@@ -372,6 +379,8 @@ def stage(s: RLSetup) -> Stage:
                 max_rounds=s.spec.max_gen_rounds,
                 weights=weights,
             )
+        elif s.env is not None:
+            state, out = multiturn.env_step(s, state, iterator.next_batch(), executor, guard)
         else:
             prompts, score = prompts_and_score()
             state, out = rl_step(s.programs, state, s.ref_params, prompts, score, mesh=s.mesh, T=T)
@@ -395,5 +404,7 @@ def stage(s: RLSetup) -> Stage:
         programs=s.programs,
         evaluate=lambda st: evaluate(s, st.params)[0],
         post=post,
-        on_close=executor.close if executor is not None else None,
+        on_close=lambda: [
+            f() for f in (getattr(executor, "close", None), s.env and s.env.close) if f
+        ],
     )
