@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import toy_envs
 
 from jaxrl_lrm import checkpoint, episodes, sharding, train
 from jaxrl_lrm.config import ConfigError, load_config
@@ -139,3 +140,24 @@ def test_multiturn_exact_resume(tmp_path):
 def test_env_keys_that_would_be_ignored_are_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         config(*overrides)
+
+
+def test_evaluation_runs_the_episodes():
+    """Greedy accuracy through the environment equals the share of greedy episodes whose
+    reward, recomputed by replaying a fresh episode on the decoded turns, is >= 0.5; maj@k <=
+    pass@k."""
+    s = rl_stage.build(config("env.name=toy_envs:make_parity_env", "eval.k=2"))
+    rows = s.eval_subset(8)
+    metrics, samples = rl_stage.evaluate(s, s.state.params, rows)
+    _, ids, mask = s.text.encode(rows, 1)
+    d = dict(multiturn.draws(s.config, 0.0), eos_id=1, pad_id=0)
+    ep = s.env.sample(_model(s), rows, ids, mask, jax.random.key(1), T=80, draws=d)
+    want = []
+    for b, segs in enumerate(ep.segments):
+        replay = toy_envs.ParityEpisode()
+        turns = [ep.tokens[b, i:j] for kind, i, j in segs if kind == "sampled"]
+        total = sum(replay.step(s.text.tokenizer.decode(list(t))).reward for t in turns)
+        want.append(total >= 0.5)
+    assert metrics["eval/accuracy"] == pytest.approx(np.mean(want))
+    assert 0.0 <= metrics["eval/maj@2"] <= metrics["eval/pass@2"] <= 1.0
+    assert len(samples) == len(rows)

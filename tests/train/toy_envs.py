@@ -22,3 +22,16 @@ class CountEpisode:
 
 def make_count_env():
     return lambda row: CountEpisode()
+
+
+@dataclasses.dataclass
+class ParityEpisode(CountEpisode):
+    """As `CountEpisode`, but only the last turn scores: 1 when its length is even, else 0."""
+
+    def step(self, turn: str) -> Step:
+        out = super().step(turn)
+        return dataclasses.replace(out, reward=float(out.done and len(turn) % 2 == 0))
+
+
+def make_parity_env():
+    return lambda row: ParityEpisode()
