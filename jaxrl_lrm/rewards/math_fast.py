@@ -37,6 +37,9 @@ _UNIT_RE = re.compile(
     r"(?:\\(?:text|mbox|mathrm)\{\s*[A-Za-z ]*\}|(?<=\d)(?:" + "|".join(_UNIT_WORDS) + r"))"
     r"(?:\^\{?[23]\}?)?$"
 )
+# `\pm 5`, `\mp \frac{3}{4}`: read as the set `\{5, -5\}` (Math-Verify's reading) when the other
+# side is a set; only unsigned plain numbers (`\pm 1,000` and `\pm 1e3` are not sets there)
+_PM_RE = re.compile(r"\\(?:pm|mp)(?![A-Za-z])\s*((?:0|[1-9]\d*)(?:\.\d+)?|\\frac\{\d+\}\{\d+\})")
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~|\s+")
 _MAX_NUMBER_CHARS = 40
 EXACT_REL_GAP = 1e-5  # numbers this far apart are unequal under Math-Verify's rounding
@@ -263,7 +266,11 @@ def _sequence_compare(p: str, q: str) -> bool | None:
 
 
 def _members(s: str) -> tuple[list[str], bool] | None:
-    """`(members, is_set)` of a set `\\{a, b\\}` or of a union `A \\cup B`; else None."""
+    """`(members, is_set)` of a set `\\{a, b\\}`, of `\\pm a` (the set `\\{a, -a\\}`) or of a
+    union `A \\cup B`; else None."""
+    m = _PM_RE.fullmatch(s)
+    if m is not None:
+        return [m.group(1), "-" + m.group(1)], True
     parts = [x.strip() for x in re.split(r"\\cup(?![A-Za-z])", s)]
     if len(parts) > 1:
         return parts, False

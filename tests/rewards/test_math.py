@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import random
 import time
 from collections import Counter
 
@@ -16,6 +17,7 @@ from jaxrl_lrm.rewards.math import (
     warmup,
 )
 from jaxrl_lrm.rewards.math_fast import bare_answer, fast_compare
+from jaxrl_lrm.rewards.math_worker import judge
 
 CASES_PATH = pathlib.Path(__file__).parents[1] / "fixtures" / "math_cases.jsonl"
 CASES = [json.loads(line) for line in CASES_PATH.read_text().splitlines() if line.strip()]
@@ -146,10 +148,47 @@ def test_fallback_and_gold_forms():
         ("\\sin x", "x", None),
         ("2^{100}", "2^{100}", True),
         ("2^{100}", "2^{99}", None),
+        # `\pm a` against a set is the set {a, -a}; Math-Verify decides everything else
+        ("\\pm 5", "\\{5, -5\\}", True),
+        ("\\{-5, 5\\}", "\\pm 5", True),
+        ("\\pm 6", "\\{5, -5\\}", False),
+        ("\\pm 5", "\\{5\\}", False),
+        ("\\pm 0", "\\{0\\}", True),
+        ("\\mp \\frac{3}{4}", "\\{-0.75, 0.75\\}", True),
+        ("\\pm 2.50", "\\{-2.5, 2.5\\}", True),
+        ("\\pm 1,000", "\\{1000, -1000\\}", None),  # Math-Verify: not equal
+        ("\\pm 1e3", "\\{1000, -1000\\}", None),  # Math-Verify: not equal
+        ("\\pm 5", "5", None),
+        ("\\pm 3", "(-3, 3)", None),  # Math-Verify: equal
+        ("-\\pm 5", "\\{5, -5\\}", None),
+        ("\\pm 5.000001", "\\{5, -5\\}", None),
     ],
 )
 def test_fast_path(pred, gold, expected):
     assert fast_compare(pred, gold) is expected
+
+
+def test_fast_path_pm_agrees_with_math_verify():
+    """Every `\\pm`/set pair the fast path decides gets Math-Verify's verdict (run in-process)."""
+    rng = random.Random(0)
+    xs = ["0", "5", "2.5", "2.50", "0.5", "\\frac{3}{4}", "\\frac{4}{2}", "1000"]
+    members = ["0", "-0", "5", "-5", "2.5", "-2.5", "\\frac12", "-\\frac12", "0.75"]
+    members += ["-\\frac{3}{4}", "2", "-2", "1000", "-1000", "6", "\\sqrt2", "x", "1,000"]
+    pairs = []
+    for x in xs:
+        op = rng.choice(["\\pm", "\\mp"]) + rng.choice([" ", ""])
+        pairs += [(op + x, f"\\{{{x}, -{x}\\}}"), (op + x, f"\\{{-{x}, {x}, {x}\\}}")]
+        pairs += [(op + x, f"\\pm {rng.choice(xs)}")]
+        for _ in range(4):
+            chosen = rng.sample(members, rng.choice([1, 2, 2, 3]))
+            pairs.append((op + x, "\\{" + ", ".join(chosen) + "\\}"))
+    pairs += [(b, a) for a, b in pairs]
+    decided = [(a, b, fast_compare(a, b)) for a, b in pairs]
+    decided = [(a, b, r) for a, b, r in decided if r is not None]
+    assert len(decided) > 0.9 * len(pairs)
+    assert {r for *_, r in decided} == {True, False}
+    wrong = [(a, b, r) for a, b, r in decided if judge(None, a, b) is not r]
+    assert wrong == []
 
 
 def test_bare_answer():
