@@ -310,3 +310,38 @@ def test_no_descriptor_leaks(clean):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+_STATE_PROG = (
+    "import builtins, gc, os, resource, signal, sys\n"
+    "print(hasattr(builtins, 'LEAK'), 'leak' in sys.modules, os.environ.get('LEAK'))\n"
+    "print(sorted(os.listdir('/tmp')), os.getcwd(), sys.path[:1], sys.getrecursionlimit())\n"
+    "print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_AS))\n"
+    "print(os.umask(0o22), signal.getsignal(signal.SIGTERM), gc.isenabled(), len(gc.get_objects()) < 10**5)\n"
+)
+_POLLUTERS = [
+    "import builtins, gc, os, resource, signal, sys, types\n"
+    "builtins.LEAK = 1; sys.modules['leak'] = types.ModuleType('leak'); os.environ['LEAK'] = '1'\n"
+    "open('/tmp/leak.txt', 'w').write('x'); os.mkdir('/tmp/d'); sys.path.insert(0, '/tmp')\n"
+    "sys.setrecursionlimit(60); os.umask(0o777); signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (8, 8)); gc.disable(); keep = [[] for _ in range(10**5)]\n"
+    "os.chdir('/')\ntry: os.kill(-1, 9)  # every other process of the run: none\nexcept OSError: pass\n",
+    "import ctypes; ctypes.string_at(0)",  # a segfault
+    "x = bytearray(8 << 30)",  # the memory limit
+    "import os; os._exit(7)",
+]
+
+
+def test_a_run_leaves_nothing_for_the_next(clean):
+    """The zygote forks every run from the same clean state: what a run changes (globals,
+    modules, environment, files, cwd, limits, signal handlers, the collector), or a run that
+    crashes, is not seen by the next run, and the zygote itself survives."""
+    fresh = execute(_STATE_PROG, timeout_s=5)
+    assert fresh.status == "ok" and "False False None" in fresh.stdout
+    zygote = sandbox._ZYGOTE[0].proc
+    for polluter, status in zip(_POLLUTERS, ["ok", "error", "memory", "error"]):
+        r = execute(polluter, timeout_s=5, memory_mb=256)
+        assert r.status == status, r
+        after = execute(_STATE_PROG, timeout_s=5)
+        assert (after.status, after.stdout) == ("ok", fresh.stdout), polluter
+    assert sandbox._ZYGOTE[0].proc is zygote and zygote.poll() is None
