@@ -6,18 +6,45 @@ distinct answers, one call in flight at a time so at most one core is busy), `ma
 `tests/fixtures/math_cases.jsonl`, with each one's accuracy against the hand labels), the
 adversarial rate and the worst wall time of any call against its timeout, `sandbox_per_s`
 (sequential one-line programs through `rewards.code.execute` once its zygote is up; `None` when
-that module is missing) and `sandbox_start_s` (the first call: the zygote's start plus one run).
+that module is missing), `sandbox_start_s` (the first call: the zygote's start plus one run),
+and two figures that do not fall when other jobs share the cores: `math_per_cpu_s` (answers per
+CPU second of this process and the pool) and `sandbox_cpu_ms` (CPU per run, the zygote's
+processes included). The summary ends with the load average at the end of the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
 import time
+from collections import defaultdict
 
 from jaxrl_lrm.rewards.math import extract_answer, verify, warmup
 from jaxrl_lrm.rewards.math_fast import fast_compare
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and every live descendant (the math pool, the
+    sandbox zygote), each with the children it has reaped (Linux `/proc`); unlike wall time it
+    does not grow when other jobs share the cores."""
+    stat = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it just exited
+        stat[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    children = defaultdict(list)
+    for pid, (ppid, _) in stat.items():
+        children[ppid].append(pid)
+    ticks, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        ticks += stat.get(pid, (0, 0))[1]
+        todo += children[pid]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _realistic(n: int, rng: random.Random) -> list[tuple[str, str]]:
@@ -114,11 +141,12 @@ def _math(quick: bool) -> dict:
     warmup()
     pairs = _realistic(n, rng)
     fast = [fast_compare(extract_answer(r), g) is not None for r, g in pairs]
-    times = []
+    times, cpu = [], tree_cpu_s()
     for r, g in pairs:
         t = time.perf_counter()
         verify(r, g)
         times.append(time.perf_counter() - t)
+    cpu = tree_cpu_s() - cpu
     correct = sum(verify(r, g) for r, g in pairs)  # cached now: only counts
     math_rate = n / sum(times)
     pool_s = [t for t, f in zip(times, fast) if not f]
@@ -133,6 +161,7 @@ def _math(quick: bool) -> dict:
     adv_rate = len(adv) / (time.perf_counter() - start)
     return {
         "math_per_s_per_core": round(math_rate, 1),
+        "math_per_cpu_s": round(n / cpu, 1) if cpu > 0 else None,
         "math_fast_path_per_s": round(
             sum(fast) / max(1e-9, sum(t for t, f in zip(times, fast) if f)), 1
         ),
@@ -152,23 +181,30 @@ def _sandbox(n: int) -> dict:
     try:
         from jaxrl_lrm.rewards.code import execute
     except Exception:  # noqa: BLE001 - the module is optional here
-        return {"sandbox_per_s": None, "sandbox_start_s": None}
+        return {"sandbox_per_s": None, "sandbox_cpu_ms": None, "sandbox_start_s": None}
     start = time.perf_counter()
     execute("print(0)")
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), tree_cpu_s()
     for i in range(n):
         out = execute(f"print(sum(range({i + 10})))")
         if out.stdout != f"{sum(range(i + 10))}\n":
             raise RuntimeError(f"sandboxed run {i} gave {out!r}; expected its sum printed")
     rate = n / (time.perf_counter() - start)
-    return {"sandbox_per_s": round(rate, 2), "sandbox_start_s": round(first, 3)}
+    time.sleep(0.1)  # the last run's supervisor reaped by the zygote
+    cpu_ms = 1000 * (tree_cpu_s() - cpu) / n
+    return {
+        "sandbox_per_s": round(rate, 2),
+        "sandbox_cpu_ms": round(cpu_ms, 2),
+        "sandbox_start_s": round(first, 3),
+    }
 
 
 def run(quick: bool, extra_args: list[str] | None = None) -> dict:
     """Runs the benchmark; returns `{"summary": {...}, ...}` and prints a small table."""
     math = _math(quick)
-    summary = {**math, **_sandbox(20 if quick else 100)}
+    load = [round(x, 2) for x in os.getloadavg()]
+    summary = {**math, **_sandbox(20 if quick else 100), "loadavg_1_5_15": load}
     print(f"{'metric':<28}{'value':>12}")
     for k, v in summary.items():
         print(f"{k:<28}{v!s:>12}")
