@@ -142,6 +142,7 @@ def test_env_keys_that_would_be_ignored_are_errors(overrides, match):
         config(*overrides)
 
 
+@pytest.mark.slow
 def test_evaluation_runs_the_episodes():
     """Greedy accuracy through the environment equals the share of greedy episodes whose
     reward, recomputed by replaying a fresh episode on the decoded turns, is >= 0.5; maj@k <=
