@@ -28,6 +28,10 @@ What is checksummed, when, where:
 
 `Checkpointer.restore` takes an abstract target (shapes, dtypes and shardings) so a resumed
 run gets its arrays back placed on the mesh exactly as the fresh run placed them.
+
+A step may also carry `extra` arrays besides the state (an asynchronous run's batch in flight,
+`train/async_rl.py`): a fourth orbax item, `extra`, checksummed in the same manifest
+(`extra_leaves`) and verified with the state; a step saved without them restores them as None.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ITEM = "checksums"
 MANIFEST_FORMAT = 1
+EXTRA_ITEM = "extra"
 
 
 class CheckpointError(ValueError):
@@ -111,7 +116,7 @@ class Checkpointer:
                 read_only=read_only,
                 enable_async_checkpointing=async_save,
             ),
-            item_names=("state", "meta", MANIFEST_ITEM),
+            item_names=("state", "meta", MANIFEST_ITEM, EXTRA_ITEM),
         )
 
     def latest_step(self) -> int | None:
@@ -120,9 +125,11 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-        """Starts an asynchronous save of `state` (a pytree of arrays), `meta` (JSON) and their
-        checksum manifest.
+    def save(
+        self, step: int, state: Any, meta: dict, *, extra: Any = None, force: bool = False
+    ) -> bool:
+        """Starts an asynchronous save of `state` (a pytree of arrays), `meta` (JSON), `extra`
+        (a pytree of arrays, or None) and their checksum manifest.
 
         Raises:
           NonFiniteStateError: a floating-point leaf of `state` holds NaN or inf.
@@ -150,16 +157,13 @@ class Checkpointer:
             "format": MANIFEST_FORMAT,
             "step": int(step),
             "meta_sha256": meta_digest(meta),
-            "leaves": {
-                name: {"shape": shape, "dtype": dtype, "checksum": h}
-                for name, (_, h, shape, dtype) in summary.items()
-            },
+            "leaves": _entries(summary),
         }
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta),
-            **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)},
-        )
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if extra is not None:
+            manifest["extra_leaves"] = _entries(summaries(extra))
+            items[EXTRA_ITEM] = ocp.args.StandardSave(extra)
+        args = ocp.args.Composite(**items, **{MANIFEST_ITEM: ocp.args.JsonSave(manifest)})
         try:
             saved = self.manager.save(step, args=args, force=force)
         except OSError as e:
@@ -170,14 +174,19 @@ class Checkpointer:
             self._saving = int(step)
         return saved
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restores `(state, meta, step)`, verified against the step's checksums.
+    def restore(
+        self, target: Any, step: int | None = None, *, extra: Any = None
+    ) -> tuple[Any, dict, int] | tuple[Any, dict, int, Any]:
+        """Restores `(state, meta, step)`, verified against the step's checksums; with an
+        `extra` target, `(state, meta, step, extra arrays or None)`.
 
         Args:
           target: the state's tree, shapes, dtypes and shardings (arrays or
             `jax.ShapeDtypeStruct`s).
           step: the step to restore; None for the newest intact one (older ones are tried,
             with a warning, when newer ones are damaged).
+          extra: the tree, shapes, dtypes and shardings of the step's `extra` arrays (None
+            when the step was saved without them).
 
         Raises:
           CheckpointError: no checkpoint; no intact one (every step and its problem); or, with
@@ -193,16 +202,16 @@ class Checkpointer:
                     f"checkpoint step {step} not in {where}; available: {sorted(steps)}"
                 )
             try:
-                state, meta = self._restore_verified(step, target)
+                state, meta, more = self._restore_verified(step, target, extra)
             except _Damaged as e:
                 raise CheckpointError(
                     f"checkpoint step {step} in {where} is damaged: {e}"
                 ) from e.__cause__
-            return state, meta, step
+            return (state, meta, step) if extra is None else (state, meta, step, more)
         damaged = []
         for s in steps:
             try:
-                state, meta = self._restore_verified(s, target)
+                state, meta, more = self._restore_verified(s, target, extra)
             except _Damaged as e:
                 damaged.append((s, str(e)))
                 log.warning(
@@ -217,13 +226,13 @@ class Checkpointer:
                     "; ".join(f"step {d}: {why}" for d, why in damaged),
                 )
                 self._set_aside([d for d, _ in damaged])
-            return state, meta, s
+            return (state, meta, s) if extra is None else (state, meta, s, more)
         raise CheckpointError(
             f"no intact checkpoint in {where}: "
             + "; ".join(f"step {s}: {why}" for s, why in damaged)
         )
 
-    def _restore_verified(self, step: int, target: Any) -> tuple[Any, dict]:
+    def _restore_verified(self, step: int, target: Any, extra: Any) -> tuple[Any, dict, Any]:
         try:
             manifest = self.manager.restore(
                 step, args=ocp.args.Composite(**{MANIFEST_ITEM: ocp.args.JsonRestore()})
@@ -231,51 +240,25 @@ class Checkpointer:
         except Exception as e:  # orbax / tensorstore / json raise many kinds
             raise _Damaged(f"checksum manifest missing or unreadable ({_brief(e)})") from e
         leaves = _manifest_leaves(manifest, step)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-        names = [jax.tree_util.keystr(p) for p, _ in flat]
-        abstract = []
-        for name, (_, x) in zip(names, flat):
-            if name not in leaves:
-                raise _Damaged(f"leaf {name} is not in the checksum manifest")
-            entry = leaves[name]
-            if list(np.shape(x)) != list(entry["shape"]):
-                raise _Damaged(
-                    f"leaf {name} has shape {tuple(entry['shape'])} in the "
-                    f"checkpoint, the target wants {tuple(np.shape(x))}"
-                )
-            sharding = getattr(x, "sharding", None)
-            abstract.append(
-                jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]), sharding=sharding)
-                if sharding
-                else x
-            )
+        extra_leaves = manifest.get("extra_leaves") if extra is not None else None
+        items = {
+            "state": ocp.args.StandardRestore(_abstract(target, leaves)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if extra_leaves is not None:
+            items[EXTRA_ITEM] = ocp.args.StandardRestore(_abstract(extra, extra_leaves))
         try:
-            out = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(jax.tree.unflatten(treedef, abstract)),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
             state, meta = out["state"], dict(out["meta"])
         except Exception as e:
             raise _Damaged(f"arrays or meta unreadable ({_brief(e)})") from e
-        got = summaries(state)
-        wrong = [n for n in names if got[n][1] != leaves[n]["checksum"]]
-        if wrong:
-            raise _Damaged(
-                f"checksum mismatch in {len(wrong)} of {len(names)} leaves "
-                f"({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''})"
-            )
+        _verify(state, leaves)
         if meta_digest(meta) != manifest.get("meta_sha256"):
             raise _Damaged("checksum mismatch in meta")
-        # cast to the target's dtypes where they differ from the saved ones
-        state_flat = jax.tree.leaves(state)
-        state_flat = [
-            y.astype(x.dtype) if hasattr(x, "dtype") and y.dtype != x.dtype else y
-            for (_, x), y in zip(flat, state_flat)
-        ]
-        return jax.tree.unflatten(treedef, state_flat), meta
+        more = None
+        if extra_leaves is not None:
+            more = _cast(extra, _verify(out[EXTRA_ITEM], extra_leaves, what="extra "))
+        return _cast(target, state), meta, more
 
     def _set_aside(self, steps: list[int]) -> None:
         """Renames damaged steps to `<step>.damaged` (kept for inspection, out of orbax's view)
@@ -337,6 +320,60 @@ class Checkpointer:
 
 class _Damaged(Exception):
     """One step's problem, as the message a user reads."""
+
+
+def _entries(summary: dict) -> dict:
+    return {
+        name: {"shape": shape, "dtype": dtype, "checksum": h}
+        for name, (_, h, shape, dtype) in summary.items()
+    }
+
+
+def _abstract(target: Any, leaves: dict) -> Any:
+    """`target` as `ShapeDtypeStruct`s of the saved dtypes, checked against the manifest."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+    abstract = []
+    for path, x in flat:
+        name = jax.tree_util.keystr(path)
+        if name not in leaves:
+            raise _Damaged(f"leaf {name} is not in the checksum manifest")
+        entry = leaves[name]
+        if list(np.shape(x)) != list(entry["shape"]):
+            raise _Damaged(
+                f"leaf {name} has shape {tuple(entry['shape'])} in the "
+                f"checkpoint, the target wants {tuple(np.shape(x))}"
+            )
+        sharding = getattr(x, "sharding", None)
+        abstract.append(
+            jax.ShapeDtypeStruct(x.shape, jnp.dtype(entry["dtype"]), sharding=sharding)
+            if sharding
+            else x
+        )
+    return jax.tree.unflatten(treedef, abstract)
+
+
+def _verify(tree: Any, leaves: dict, what: str = "") -> Any:
+    """`tree`, once its checksums equal the manifest's."""
+    got = summaries(tree)
+    wrong = [n for n in got if got[n][1] != leaves[n]["checksum"]]
+    if wrong:
+        raise _Damaged(
+            f"checksum mismatch in {len(wrong)} of {len(got)} {what}leaves "
+            f"({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''})"
+        )
+    return tree
+
+
+def _cast(target: Any, tree: Any) -> Any:
+    """`tree` cast to the target's dtypes where they differ from the saved ones."""
+    flat, treedef = jax.tree.flatten(target)
+    return jax.tree.unflatten(
+        treedef,
+        [
+            y.astype(x.dtype) if hasattr(x, "dtype") and y.dtype != x.dtype else y
+            for x, y in zip(flat, jax.tree.leaves(tree))
+        ],
+    )
 
 
 def _manifest_leaves(manifest: Any, step: int) -> dict:

@@ -15,6 +15,14 @@ the older behaviour policy: the decoupled PPO objective (`algorithm.decoupled`),
 against the proximal policy the score pass recomputes under the current parameters and
 weighting by `exp(proximal - behaviour)`.
 
+A checkpoint keeps the batch in flight (`snapshot`: its arrays in the step's `extra` orbax
+item, its version, the data position before its prompts, the run's counters in the meta), so
+a resumed run trains on the very batch the uninterrupted run would have (`resume` re-reads
+its prompt rows to score it): resuming is exact, also after SIGTERM. The alternative,
+resampling it, would need the previous version's parameters (a second copy of the policy in
+every checkpoint); the batch is rows x (prompt + completion) tokens and two float32 log-probs
+per completion token, small beside the parameters.
+
 Metrics (host floats): `async/version`, `async/staleness`, `async/staleness_hist/{s}` (the
 run's count of batches of staleness s so far), `time/host_exposed_s` (the device had finished
 its queued work and waited for the host: the host time not hidden behind device work) and
@@ -56,6 +64,7 @@ class _InFlight:
     rollout: Rollout
     score: ScoreFn
     version: int  # the policy version (state.step) that sampled it
+    data: dict  # the prompt iterator's position before this batch's prompts
 
 
 def _watch(rollout: Rollout) -> list:
@@ -77,6 +86,8 @@ class AsyncRollouts:
       programs: `make_rl_programs(...)` (its `score` computes the proximal log-probs).
       spec: the algorithm (`check_correction` is applied).
       next_prompts: `() -> (Prompts on the mesh, ScoreFn)` for the next batch.
+      data: the iterator `next_prompts` reads (`state()` / `restore()`: a checkpoint records
+        where the batch in flight's prompts start).
       max_staleness: K >= 1.
       steps: the run's last step index + 1 (no batch is sampled past it).
       mesh, T: as in `rl_step`.
@@ -88,6 +99,7 @@ class AsyncRollouts:
         spec,
         next_prompts: Callable[[], tuple[Prompts, ScoreFn]],
         *,
+        data,
         max_staleness: int,
         steps: int,
         mesh,
@@ -96,7 +108,7 @@ class AsyncRollouts:
         check_correction(spec, max_staleness)
         if max_staleness < 1:
             raise ValueError(f"max_staleness={max_staleness}: AsyncRollouts needs K >= 1")
-        self.programs, self.next_prompts = programs, next_prompts
+        self.programs, self.next_prompts, self.data = programs, next_prompts, data
         self.K, self.steps, self.mesh, self.T = max_staleness, steps, mesh, T
         self.pending: _InFlight | None = None
         self.hist: Counter = Counter()
@@ -104,10 +116,49 @@ class AsyncRollouts:
         self.version: int | None = None  # updates applied (state.step), counted on the host
 
     def _dispatch(self, state: TrainState, index: int) -> _InFlight:
+        before = self.data.state()
         prompts, score = self.next_prompts()
         # the key is the batch's step index (as in the synchronous run), not the version
         rollout = self.programs.sample(state.params, prompts, state.rng, index)
-        return _InFlight(rollout, score, self.version)
+        return _InFlight(rollout, score, self.version, before)
+
+    @property
+    def target(self) -> Rollout:
+        """The abstract batch in flight (shapes, dtypes, shardings), to restore it."""
+        return self.programs.rollout_target
+
+    def snapshot(self) -> tuple[Rollout | None, dict]:
+        """`(the batch in flight or None, JSON meta)` for a checkpoint."""
+        p = self.pending
+        meta = {
+            "version": None if p is None else p.version,
+            "data": None if p is None else p.data,
+            "hist": {str(s): n for s, n in sorted(self.hist.items())},
+            "dropped": self.dropped,
+        }
+        return (None if p is None else p.rollout), meta
+
+    def resume(self, rollout: Rollout | None, meta: dict) -> None:
+        """Continues from `snapshot()`'s output, after the iterator was restored to the
+        checkpoint's position (it ends there again: the batch's prompts are re-read)."""
+        self.hist = Counter({int(s): n for s, n in meta["hist"].items()})
+        self.dropped, self.pending, self.version = meta["dropped"], None, None
+        if meta["version"] is None:
+            return
+        if rollout is None:
+            raise ValueError(
+                f"the checkpoint records a batch in flight (version {meta['version']}) but "
+                "holds no arrays for it: expected its `extra` item"
+            )
+        after = self.data.state()
+        self.data.restore(meta["data"])
+        _, score = self.next_prompts()
+        if self.data.state() != after:
+            raise ValueError(
+                f"the batch in flight's prompts end at {self.data.state()}, the checkpoint's "
+                f"data position is {after}: expected the same"
+            )
+        self.pending = _InFlight(rollout, score, meta["version"], meta["data"])
 
     def __call__(self, state: TrainState, ref_params, k: int) -> tuple[TrainState, StepOutput]:
         """Step `k`: trains on the batch in flight (sampled by an older version, at most K

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -56,6 +57,9 @@ class Stage:
       eval_at_end: evaluate after the last step even off the `train.eval_every` cadence.
       post: adds metrics that need the fetched values and the step time.
       on_close: called once when the loop ends (closes reward executors and the like).
+      pipeline: host state that outlives a step (an asynchronous run's batch in flight), or
+        None: `snapshot() -> (arrays or None, JSON meta)` is checkpointed with the state,
+        `target` is the arrays' abstract tree, `resume(arrays, meta)` continues from it.
     """
 
     name: str
@@ -67,6 +71,7 @@ class Stage:
     eval_at_end: bool = False
     post: Callable[[dict], dict] | None = None  # metrics -> metrics, once fetched and timed
     on_close: Callable[[], None] | None = None
+    pipeline: Any = None
 
 
 @dataclasses.dataclass
@@ -111,8 +116,13 @@ def _kept(ckpt: Checkpointer | None) -> str:
 def _restore(ckpt: Checkpointer, stage: Stage) -> tuple[TrainState, int]:
     if ckpt.latest_step() is None:
         return stage.state, 0
-    state, meta, start = ckpt.restore(stage.state)
+    if stage.pipeline is None:
+        state, meta, start = ckpt.restore(stage.state)
+    else:
+        state, meta, start, extra = ckpt.restore(stage.state, extra=stage.pipeline.target)
     stage.data.restore(meta["data"])
+    if stage.pipeline is not None and "pipeline" in meta:
+        stage.pipeline.resume(extra, meta["pipeline"])
     log.info("resumed %s from step %d in %s", stage.name, start, ckpt.directory)
     return state, start
 
@@ -269,7 +279,10 @@ def _steps(
                     "untouched."
                 )
             meta = {"step": done, "data": stage.data.state(), "seed": config.seed}
-            ckpt.save(done, state, {**meta, "stage": stage.name})
+            extra = None
+            if stage.pipeline is not None:
+                extra, meta["pipeline"] = stage.pipeline.snapshot()
+            ckpt.save(done, state, {**meta, "stage": stage.name}, extra=extra)
         record(done, metrics, samples)
         if sigterm.flag:
             log.warning("SIGTERM: saved step %d, exiting", done)

@@ -61,6 +61,7 @@ class Programs:
     evaluate: Callable | None = None  # offline stages: (params, frozen, batch) -> {name: [B]}
     generate: Callable | None = None  # (params, Prompts, key, temperature) -> Rollout
     take_rows: Callable | None = None  # ([Rollout], idx_B) -> Rollout
+    rollout_target: Rollout | None = None  # `sample`'s output: shapes, dtypes, shardings
 
     def compile_counts(self) -> dict[str, int]:
         return {name: fn._cache_size() for name, fn in self.jitted.items()}
@@ -245,7 +246,12 @@ def make_rl_programs(
         update=functools.partial(update, bases),
         generate=generate,
         take_rows=take,
+        rollout_target=jax.tree.map(_with_sharding, rollout_abs, rollout_sh),
     )
+
+
+def _with_sharding(a: jax.ShapeDtypeStruct, sh) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
 
 
 def _take_rows(rollouts: list[Rollout], idx_B) -> Rollout:

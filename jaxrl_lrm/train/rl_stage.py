@@ -314,7 +314,7 @@ def _step_metrics(out, G: int) -> dict:
     }
 
 
-def _async_stepper(s: RLSetup, prompts_and_score) -> AsyncRollouts | None:
+def _async_stepper(s: RLSetup, prompts_and_score, data) -> AsyncRollouts | None:
     """The asynchronous step of `train.max_staleness >= 1`, or None (synchronous)."""
     c = s.config.train
     if not c.max_staleness:
@@ -323,6 +323,7 @@ def _async_stepper(s: RLSetup, prompts_and_score) -> AsyncRollouts | None:
         s.programs,
         s.spec,
         prompts_and_score,
+        data=data,
         max_staleness=c.max_staleness,
         steps=c.steps,
         mesh=s.mesh,
@@ -359,7 +360,7 @@ def stage(s: RLSetup) -> Stage:
             s.text, executor, s.token_fns, rows, G, texts, toks, m, guard
         )
 
-    stepper = _async_stepper(s, prompts_and_score)
+    stepper = _async_stepper(s, prompts_and_score, iterator)
 
     def step(state: TrainState, k: int):
         if stepper is not None:
@@ -407,4 +408,5 @@ def stage(s: RLSetup) -> Stage:
         on_close=lambda: [
             f() for f in (getattr(executor, "close", None), s.env and s.env.close) if f
         ],
+        pipeline=stepper,
     )
