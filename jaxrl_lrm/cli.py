@@ -4,7 +4,7 @@
     jaxrl-lrm eval [CONFIG.yaml] --checkpoint RUN_DIR_OR_CHECKPOINTS [key.path=value ...]
     jaxrl-lrm export RUN_DIR_OR_CHECKPOINTS OUT_DIR [--force] [--format hf|peft]
     jaxrl-lrm plan CONFIG.yaml [--chips N] [--hbm-gib G] [key.path=value ...]
-    jaxrl-lrm demo [--seed N] [--run-dir DIR] [key.path=value ...]
+    jaxrl-lrm demo [--task addition|tools] [--seed N] [--run-dir DIR] [key.path=value ...]
     jaxrl-lrm config show CONFIG.yaml [key.path=value ...]   # the resolved config, as YAML
 
 The working directory is put on `sys.path` (as `python -m` does), so `module:function`
@@ -27,6 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CONFIGS = {"addition": DEMO_CONFIG, "tools": DEMO_CONFIG.with_name("demo_tools.yaml")}
 
 
 def _add_distributed(p: argparse.ArgumentParser) -> None:
@@ -101,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--hbm-gib", type=float, help="memory per chip in GiB")
     d = sub.add_parser("demo", help="the offline demo: SFT on imperfect data, then GRPO")
     d.add_argument("--run-dir", default=None)
+    d.add_argument(
+        "--task",
+        choices=sorted(DEMO_CONFIGS),
+        default="addition",
+        help="addition (configs/demo.yaml) or tools: calculator use (configs/demo_tools.yaml)",
+    )
     d.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
     d.add_argument("overrides", nargs="*")
     return p
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"seed={args.seed}")
             from jaxrl_lrm.train.demo import run_demo
 
-            run_demo(load_config(DEMO_CONFIG, overrides))
+            run_demo(load_config(DEMO_CONFIGS[args.task], overrides))
         elif args.command == "eval":
             _init_distributed(args)
             metrics, samples, step, run_dir = evaluate_checkpoint(

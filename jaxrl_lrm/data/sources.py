@@ -279,11 +279,11 @@ def _task_generator(name: str, task_args: dict):
     try:
         task = tasks.get_task(name)
     except ValueError:
-        if name != "addition":
+        if name not in ("addition", "tool_multiply"):
             raise
-        from jaxrl_lrm.data.demo import AdditionTask
+        from jaxrl_lrm.data import demo, demo_tools
 
-        task = AdditionTask
+        task = demo.AdditionTask if name == "addition" else demo_tools.ToolMultiplyTask
     try:
         if isinstance(task, type):
             return task(**task_args).generate

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxrl_lrm.config import Config, save_config
+from jaxrl_lrm.config import Config, EnvSection, save_config
 from jaxrl_lrm.offline import data as offline_data
 from jaxrl_lrm.offline import sft
 from jaxrl_lrm.train import loop, offline_stage, rl_stage, stages
@@ -48,6 +48,7 @@ def _sft_config(config: Config, steps: int) -> Config:
     return dataclasses.replace(
         c,
         stage="sft",
+        env=EnvSection(),  # SFT trains on the traces' text; episodes are RL's
         train=dataclasses.replace(
             c.train,
             steps=steps,
@@ -112,11 +113,7 @@ def _sft_data(s: rl_stage.RLSetup) -> dict:
 def _warmup(s: rl_stage.RLSetup, data: dict, run_dir: Path, out) -> tuple[object, float]:
     """Stage 1: SFT on the imperfect worked answers; `(params, seconds)`."""
     c = s.config
-    out(
-        f"[demo] SFT: {c.sft.steps} steps of {c.sft.batch_size} examples "
-        f"({c.data.task_args}, {int(100 * c.data.task_args.get('wrong_frac', 0.6))}% with "
-        "carries dropped)"
-    )
+    out(f"[demo] SFT: {c.sft.steps} steps of {c.sft.batch_size} examples ({c.data.task_args})")
     t0 = time.monotonic()
     result = loop.run(
         _sft_config(c, c.sft.steps),
@@ -192,6 +189,10 @@ def run_demo(config: Config, run_dir: str | Path | None = None, *, out=print) ->
         "seconds": time.monotonic() - t_start,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
+    if s.env is not None:  # the tool-use demo: how often greedy episodes call a tool
+        for name, params in (("sft", sft_params), ("rl", result.state.params)):
+            metrics = rl_stage.evaluate(s, params, rows=eval_rows)[0]
+            summary[f"{name}_tool_call_rate"] = metrics["eval/tool_call_rate"]
     (run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(run_dir / "rl", run_dir / "run.png")
     plot_comparison(summary, run_dir / "demo.png")

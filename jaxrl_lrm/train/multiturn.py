@@ -175,10 +175,12 @@ def evaluate(s, params, rows: list[dict], key, correct_fn, extract) -> tuple[dic
     """Greedy accuracy, pass@k and maj@k of the episodes of `rows` (`eval.*`). An episode is
     correct when `correct_fn(rows, transcripts)` says so, or, when it is None, when its
     environment reward (the sum of its turn rewards) is >= 0.5; `extract` gives maj@k's
-    answer of a transcript."""
+    answer of a transcript. Adds `eval/tool_call_rate`: the share of greedy episodes that
+    call a tool."""
     model = Model(config=s.model_config, params=s.bases.merged_policy(params))
     tok = s.text.tokenizer
     reward_of: dict = {}
+    greedy_calls: list[float] = []
 
     def complete(rs, temperature, n):
         _, ids, mask = s.text.encode(rs, n)
@@ -186,6 +188,8 @@ def evaluate(s, params, rows: list[dict], key, correct_fn, extract) -> tuple[dic
         d = dict(draws(s.config, temperature), eos_id=tok.eos_id, pad_id=tok.pad_id)
         ep = s.env.sample(model, rep, ids, mask, key, T=s.config.sampling.max_new_tokens, draws=d)
         texts = s.text.decode(ep.tokens, transcript_mask(ep))
+        if temperature == 0.0:
+            greedy_calls[:] = [float(np.mean(ep.tool_calls > 0))]
         for r, t, v in zip(rep, texts, ep.turn_rewards.sum(axis=1)):
             reward_of[(repr(r["prompt"]), t)] = float(v)
         return texts
@@ -195,7 +199,7 @@ def evaluate(s, params, rows: list[dict], key, correct_fn, extract) -> tuple[dic
             return correct_fn(rs, cs)
         return [reward_of[(repr(r["prompt"]), c)] >= 0.5 for r, c in zip(rs, cs)]
 
-    return evaluation.evaluate(
+    metrics, samples = evaluation.evaluate(
         rows,
         complete=complete,
         correct=correct,
@@ -203,3 +207,6 @@ def evaluate(s, params, rows: list[dict], key, correct_fn, extract) -> tuple[dic
         k=s.config.eval.k,
         temperature=s.config.eval.temperature,
     )
+    if greedy_calls:
+        metrics["eval/tool_call_rate"] = greedy_calls[0]  # greedy episodes with a tool call
+    return metrics, samples

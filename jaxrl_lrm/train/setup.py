@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxrl_lrm import models, sharding
 from jaxrl_lrm.config import DEFAULT_PRESET, Config
 from jaxrl_lrm.data import demo as demo_task
-from jaxrl_lrm.data import tasks
+from jaxrl_lrm.data import demo_tools, tasks
 from jaxrl_lrm.data.tokenizer import CharTokenizer, load_tokenizer
 from jaxrl_lrm.models.value_model import load_value_model
 from jaxrl_lrm.rewards.shaping import soft_overlong_punishment
@@ -36,6 +36,14 @@ class TaskInfo:
 
 def resolve_task(name: str, args: dict) -> TaskInfo:
     """A procedural task by name: the demo's `addition`, or one of `data.tasks.TASKS`."""
+    if name == "tool_multiply":  # the tool-use demo's task (docs/agents.md)
+        task = demo_tools.ToolMultiplyTask(**args)
+        return TaskInfo(
+            generate=task.generate,
+            reward_fn=demo_tools.transcript_reward,
+            extract=demo_tools.extract,
+            sft_examples=task.sft_examples,
+        )
     if name in DEMO_TASKS:
         task = DEMO_TASKS[name](**args)
         return TaskInfo(
