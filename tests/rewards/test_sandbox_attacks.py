@@ -437,3 +437,18 @@ def test_nothing_survives_the_executors_timeout(monkeypatch):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_the_hosts_hostname_is_never_changed():
+    """The run names itself `sandbox` in its own UTS namespace and a program may try
+    `sethostname` too; neither reaches the host (gloo, for one, resolves the host's name)."""
+    before = socket.gethostname()
+    prog = (
+        "import socket\n"
+        "try: socket.sethostname('pwned')\n"
+        "except OSError as e: print('denied', e.errno)\n"
+        "print(socket.gethostname())\n"
+    )
+    r = execute(prog, timeout_s=2)
+    assert r.status == "ok" and r.stdout.splitlines()[-1] in ("sandbox", "pwned"), r
+    assert socket.gethostname() == before
