@@ -7,7 +7,8 @@ k+1's batch before the host scores its own:
     host:    copy tokens(k) | dispatch sample(k+1), score(k) pass | rewards(k) | update(k)
     device:  ... sample(k)  |          sample(k+1)    proximal pass(k)          | update(k)
 
-so the reward functions run while the device samples. Every batch carries the policy version
+so the reward functions run while the device samples (the two are dispatched from a worker
+thread: XLA:CPU may run the sampler's while loop on the dispatching thread). Every batch carries the policy version
 (`state.step` when its sampling was dispatched); a batch more than K versions older than the
 policy it would update is dropped and resampled, never trained on. The pipeline holds one
 batch in flight, so its staleness is 0 (the first step) or 1. The objective must correct for
@@ -36,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
@@ -111,6 +113,7 @@ class AsyncRollouts:
         self.programs, self.next_prompts, self.data = programs, next_prompts, data
         self.K, self.steps, self.mesh, self.T = max_staleness, steps, mesh, T
         self.pending: _InFlight | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="async-rollouts")
         self.hist: Counter = Counter()
         self.dropped = 0
         self.version: int | None = None  # updates applied (state.step), counted on the host
@@ -121,6 +124,14 @@ class AsyncRollouts:
         # the key is the batch's step index (as in the synchronous run), not the version
         rollout = self.programs.sample(state.params, prompts, state.rng, index)
         return _InFlight(rollout, score, self.version, before)
+
+    def _device_work(self, state: TrainState, ref_params, batch: _InFlight, k: int):
+        """Dispatches step k+1's sampling and step k's proximal pass: `(the batch in flight,
+        scored, [the time both are computed])`."""
+        pending = self._dispatch(state, k + 1) if k + 1 < self.steps else None
+        scored = self.programs.score(state, ref_params, batch.rollout)  # proximal log-probs
+        queued = _watch((scored, None if pending is None else pending.rollout))
+        return pending, scored, queued
 
     @property
     def target(self) -> Rollout:
@@ -172,12 +183,13 @@ class AsyncRollouts:
             self.pending = None
         batch = self.pending or self._dispatch(state, k)
         tokens, mask = host_completions(batch.rollout, self.T)
-        self.pending = self._dispatch(state, k + 1) if k + 1 < self.steps else None
-        scored = self.programs.score(state, ref_params, batch.rollout)  # proximal log-probs
-        queued = _watch((scored, None if self.pending is None else self.pending.rollout))
+        # dispatched from another thread: XLA:CPU may run a program with a while loop (the
+        # sampler) on the thread that dispatches it, which would then not score meanwhile
+        work = self._pool.submit(self._device_work, state, ref_params, batch, k)
         t1 = time.monotonic()
         scores = batch.score(tokens, mask)
         t2 = time.monotonic()
+        self.pending, scored, queued = work.result()
         rb = RolloutBatch(
             rollout=batch.rollout, scored=scored, rewards=to_device(scores, self.mesh)
         )
