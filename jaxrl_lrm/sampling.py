@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,14 @@ import numpy as np
 from jaxrl_lrm import sharding
 from jaxrl_lrm.models import transformer
 from jaxrl_lrm.models.config import ModelConfig
+from jaxrl_lrm.sampling_batch import (
+    _batch_shards,
+    _batch_sizes,
+    _keep_live,
+    _put_truncated,
+    _start,
+    _State,
+)
 from jaxrl_lrm.sampling_draw import _choose, _draw, _inverse_cdf, _truncate  # noqa: F401
 
 MIN_BUCKET = 16
@@ -53,19 +61,6 @@ class Generation:
     logprobs: np.ndarray
     mask: np.ndarray
     decode_steps: int = 0
-
-
-class _State(NamedTuple):
-    """The decode loop's carry."""
-
-    step: jax.Array  # [] index of the token to sample next
-    cache: dict  # {"k","v"}: [L,B,S,K,H]
-    logits_BV: jax.Array  # float32 logits for the token at `step`
-    done_B: jax.Array  # bool, row has emitted EOS
-    tokens_BT: jax.Array
-    logprobs_BT: jax.Array
-    mask_BT: jax.Array
-    trunc_logprobs_BT: jax.Array | None  # under the truncated distribution, when asked for
 
 
 def _constrain(x, mesh, spec_fn):
@@ -97,13 +92,6 @@ def _prefill(
     return transformer.hidden_to_logits(params, config, hidden[:, -1]), cache
 
 
-def _put_truncated(buf, put, live, logp, trunc):
-    """The truncated log-probs buffer with this step's written (`logp` when nothing is cut)."""
-    if buf is None:
-        return None
-    return put(buf, jnp.where(live, logp if trunc is None else trunc, 0.0))
-
-
 def _sample(
     params,
     config: ModelConfig,
@@ -120,8 +108,10 @@ def _sample(
     mesh=None,
     draw: str = "inverse_cdf",
     truncated_logprobs: bool = False,
+    shrink: bool = True,
 ):
-    """`sample_tokens`'s arrays, the decode passes run, the truncated log-probs (or None)."""
+    """`sample_tokens`'s arrays, the decode passes run, the truncated log-probs (or None).
+    `shrink=False` decodes every row to the end of the loop (the reference for the tests)."""
     B, P = prompt_ids_BP.shape
     T = max_new_tokens
     S = P + T
@@ -136,52 +126,45 @@ def _sample(
 
     def emit(state: _State) -> _State:
         key = jax.random.fold_in(rng, state.step)
-        tok, logp, trunc = _choose(state.logits_BV, key, temperature, top_k, top_p, draw)
-        live = ~state.done_B
+        rows = (state.rows_b, B)
+        tok, logp, trunc = _choose(state.logits_bV, key, temperature, top_k, top_p, draw, rows)
+        live = ~state.done_b
         tok = jnp.where(live, tok, pad_id)
-        done = state.done_B | (live & (tok == eos_id)) if eos_id is not None else state.done_B
-        put = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, state.step, axis=1)
+        done = state.done_b | (live & (tok == eos_id)) if eos_id is not None else state.done_b
+        put = lambda buf, x: buf.at[state.rows_b, state.step].set(x)
         return state._replace(
-            done_B=done,
+            done_b=done,
             tokens_BT=put(state.tokens_BT, tok),
             logprobs_BT=put(state.logprobs_BT, jnp.where(live, logp, 0.0)),
             mask_BT=put(state.mask_BT, live.astype(jnp.int32)),
             trunc_logprobs_BT=_put_truncated(state.trunc_logprobs_BT, put, live, logp, trunc),
         )
 
-    def cond(state: _State):
-        return (state.step < T) & ~jnp.all(state.done_B)
+    def cond(smaller: int, state: _State):
+        return (state.step < T) & (jnp.sum(~state.done_b) > smaller)
 
     def body(state: _State) -> _State:
-        prev = jax.lax.dynamic_index_in_dim(state.tokens_BT, state.step - 1, axis=1)  # [B,1]
-        slot = P + state.step - 1
-        pos = (lengths_B + state.step - 1)[:, None]
+        prev = state.tokens_BT[state.rows_b, state.step - 1][:, None]  # [b,1]
         hidden, cache = transformer.forward_hidden(
             params,
             config,
             prev,
-            positions_BT=pos,
-            kv_mask_BS=kv_mask_BS,
+            positions_BT=(state.lengths_b + state.step - 1)[:, None],
+            kv_mask_BS=state.kv_mask_bS,
             cache=state.cache,
-            cache_index=slot,
+            cache_index=P + state.step - 1,
         )
         cache = {k: _constrain(v, mesh, cache_spec) for k, v in cache.items()}
         logits = transformer.hidden_to_logits(params, config, hidden[:, 0])
-        return emit(state._replace(cache=cache, logits_BV=logits))._replace(step=state.step + 1)
+        return emit(state._replace(cache=cache, logits_bV=logits))._replace(step=state.step + 1)
 
     zeros = lambda dtype: _constrain(jnp.zeros((B, T), dtype), mesh, batch)
-    state = _State(
-        step=jnp.zeros((), jnp.int32),
-        cache=cache,
-        logits_BV=logits,
-        done_B=jnp.zeros((B,), bool),
-        tokens_BT=zeros(jnp.int32) + pad_id,
-        logprobs_BT=zeros(jnp.float32),
-        mask_BT=zeros(jnp.int32),
-        trunc_logprobs_BT=zeros(jnp.float32) if truncated_logprobs else None,
-    )
+    state = _start(cache, logits, lengths_B, kv_mask_BS, zeros, pad_id, truncated_logprobs)
     state = emit(state)._replace(step=jnp.ones((), jnp.int32))
-    state = jax.lax.while_loop(cond, body, state)
+    sizes = _batch_sizes(B, _batch_shards(mesh)) if shrink and T > 1 else (B,)
+    for b, smaller in zip(sizes, sizes[1:] + (0,)):
+        state = _keep_live(state, b, lambda x: _constrain(x, mesh, cache_spec))
+        state = jax.lax.while_loop(functools.partial(cond, smaller), body, state)
     out = state.tokens_BT, state.logprobs_BT, state.mask_BT, state.step - 1
     return out + (state.trunc_logprobs_BT,)
 

@@ -28,17 +28,30 @@ def _truncate(scaled_BV: jax.Array, top_k: int, top_p: float):
 _CDF_BLOCK = 128  # candidates per block of the two-level inverse CDF
 
 
-def _inverse_cdf(key, logits_BC, block: int | None = _CDF_BLOCK):
+def _noise(sample, key, shape, rows):
+    """`sample(key, shape)` or, with `rows = (row_ids_B, batch)`, the rows `row_ids_B` of the
+    noise a batch of `batch` rows would draw: a row's draw then does not depend on which other
+    rows are still decoding (the sampler's batch shrinks as rows finish)."""
+    if rows is None:
+        return sample(key, shape)
+    ids_B, batch = rows
+    return sample(key, (batch,) + tuple(shape[1:]))[ids_B]
+
+
+def _inverse_cdf(key, logits_BC, block: int | None = _CDF_BLOCK, rows=None):
     """One draw per row from softmax(logits_BC) by inverting its CDF with one uniform per row
     (CPU trick: a quarter of the cost of Gumbel-max, which needs C random numbers per row).
 
     For a large candidate set the CDF is inverted in two levels: first the block of `block`
     candidates whose cumulative mass reaches u, then the candidate inside it, so only
     `C / block + block` prefix sums are formed instead of C (XLA:CPU lowers a long `cumsum`
-    to a log-depth scan that costs ~4x the rest of the draw). `block=None`: one level."""
+    to a log-depth scan that costs ~4x the rest of the draw). `block=None`: one level.
+    `rows`: see `_noise`."""
     probs = jax.nn.softmax(logits_BC, axis=-1)
     B, C = probs.shape
-    u = 1.0 - jax.random.uniform(key, (B, 1))  # in (0, 1], scaled to the total mass below
+    u = 1.0 - _noise(
+        jax.random.uniform, key, (B, 1), rows
+    )  # in (0, 1], scaled to the total mass below
     if block is None or C < 8 * block or C % block:
         cdf = jnp.cumsum(probs, axis=-1)
         pick = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)  # first index whose cdf reaches u
@@ -57,26 +70,39 @@ def _inverse_cdf(key, logits_BC, block: int | None = _CDF_BLOCK):
     return blk[:, 0] * block + jnp.minimum(pick, last)
 
 
-def _draw(key, logits_BC, draw: str):
-    """One candidate index per row, distributed as softmax(logits_BC)."""
+def _draw(key, logits_BC, draw: str, rows=None):
+    """One candidate index per row, distributed as softmax(logits_BC); `rows`: see `_noise`."""
     if draw == "inverse_cdf":
-        return _inverse_cdf(key, logits_BC)
-    return jax.random.categorical(key, logits_BC, axis=-1)
+        return _inverse_cdf(key, logits_BC, rows=rows)
+    if rows is None:
+        return jax.random.categorical(key, logits_BC, axis=-1)
+    # jax.random.categorical's own Gumbel-max, with the full batch's Gumbel noise
+    gumbel = _noise(
+        lambda k, s: jax.random.gumbel(k, s, logits_BC.dtype), key, logits_BC.shape, rows
+    )
+    return jnp.argmax(gumbel + logits_BC, axis=-1)
 
 
 def _choose(
-    logits_BV, key, temperature: float, top_k: int, top_p: float, draw: str = "inverse_cdf"
+    logits_BV,
+    key,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    draw: str = "inverse_cdf",
+    rows=None,
 ):
     """`(token, logp, truncated logp)` of the next token: `logp` under softmax(logits /
     temperature) before truncation, `truncated logp` under the top-k / top-p renormalised
     distribution it was drawn from (`None` when nothing is truncated: the two are equal).
-    Greedy: the argmax and its log-prob at temperature 1, no truncated log-prob."""
+    Greedy: the argmax and its log-prob at temperature 1, no truncated log-prob. `rows`: the
+    batch rows these are, as `(row_ids_B, batch)` (see `_noise`), or None for all of them."""
     if temperature == 0.0:
         tok = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
         return tok, sampled_logprobs(logits_BV, tok), None
     scaled = logits_BV / temperature
     cand, ids = _truncate(scaled, top_k, top_p)
-    pick = _draw(key, cand, draw).astype(jnp.int32)
+    pick = _draw(key, cand, draw, rows).astype(jnp.int32)
     if ids is None:
         return pick, sampled_logprobs(scaled, pick), None
     tok = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
